@@ -1,0 +1,35 @@
+# Set-up and entry points. `make demo` and `make test` are all a fresh machine needs (README).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch first, pinned, so nothing later resolves an unpinned torch (a multi-GB CUDA wheel);
+# deepspeed next, built against that torch (--no-build-isolation), then the package itself.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-build-isolation deepspeed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/cumo demo --out results/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check cumo tests
+	$(BIN)/ruff format --check cumo tests
+
+bench: $(STAMP)
+	$(BIN)/python -m cumo.bench moe
+
+clean:
+	rm -rf $(VENV) results/demo

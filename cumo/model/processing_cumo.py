@@ -1,0 +1,98 @@
+"""CumoProcessor: prompts and images -> `input_ids`, `attention_mask`, `pixel_values` for the model.
+
+Images as LLaVA-1.5 with `image_aspect_ratio=pad` (llava/mm_utils.py `expand2square`): padded to a square
+with the processor's mean colour, then CLIP's resize, centre crop and normalisation (transformers'
+CLIPImageProcessor, its PIL backend: no torchvision needed). Each image placeholder in a prompt becomes
+`config.num_image_tokens` image tokens, the positions the model fills with the image's features.
+"""
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from cumo.model.configuration_cumo import CumoConfig
+
+# OpenAI CLIP's normalisation (https://huggingface.co/openai/clip-vit-large-patch14-336/blob/main/preprocessor_config.json)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Pad the shorter side symmetrically to a square (LLaVA's expand2square)."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    square = Image.new(image.mode, (side, side), background)
+    square.paste(image, ((side - width) // 2, (side - height) // 2))
+    return square
+
+
+def add_image_token(tokenizer: PreTrainedTokenizerBase, model) -> int:
+    """Give the tokenizer the image token (if it lacks it), grow the model's embeddings, set the config's id."""
+    token = model.config.image_token
+    if token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [token]})
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    if token_id >= model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.image_token_id = token_id
+    return token_id
+
+
+class CumoProcessor:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, config: CumoConfig):
+        if config.image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"the tokenizer has no {config.image_token!r} token: call add_image_token(tokenizer, model) first"
+            )
+        self.tokenizer = tokenizer
+        self.image_token = config.image_token
+        self.num_image_tokens = config.num_image_tokens
+        self.pad_to_square = config.image_aspect_ratio == "pad"
+        size = config.vision_config.image_size
+        self.image_processor = CLIPImageProcessorPil(
+            size={"shortest_edge": size},
+            crop_size={"height": size, "width": size},
+            image_mean=CLIP_MEAN,
+            image_std=CLIP_STD,
+        )
+
+    def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) float32 pixel values."""
+        background = tuple(int(255 * m) for m in CLIP_MEAN)
+        images = [image.convert("RGB") for image in images]
+        if self.pad_to_square:
+            images = [expand2square(image, background) for image in images]
+        return self.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def __call__(
+        self, prompts: list[str], images: list[Image.Image] | None = None, padding_side: str = "left"
+    ):
+        """Tokenised, `padding_side`-padded prompts (left for generation) and the images of their placeholders."""
+        placeholders = sum(prompt.count(self.image_token) for prompt in prompts)
+        if placeholders != len(images or []):
+            raise ValueError(
+                f"{placeholders} {self.image_token!r} placeholder(s) in the prompts but {len(images or [])} image(s): "
+                "put exactly one placeholder per image"
+            )
+        expanded = [
+            prompt.replace(self.image_token, self.image_token * self.num_image_tokens) for prompt in prompts
+        ]
+        batch = self.tokenizer(
+            expanded, add_special_tokens=False, padding=True, padding_side=padding_side, return_tensors="pt"
+        )
+        if images:
+            batch["pixel_values"] = self.preprocess_images(images)
+        return BatchEncoding(dict(batch))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        self.tokenizer.save_pretrained(directory)
+        self.image_processor.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, config: CumoConfig) -> "CumoProcessor":
+        return cls(AutoTokenizer.from_pretrained(directory), config)
