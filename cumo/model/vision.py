@@ -164,7 +164,7 @@ class CumoVisionTower(nn.Module):
             features_RNC = features_RNC[:, 1:]
 
         per_scale = []
-        for scale, features in zip(self.scales, features_RNC.split(rows_per_scale)):
+        for scale, features in zip(self.scales, features_RNC.split(rows_per_scale), strict=True):
             if scale > 1:
                 grid = int(features.shape[1] ** 0.5)
                 maps = features.transpose(1, 2).unflatten(2, (grid, grid))  # (s*s*B, C, g, g)
