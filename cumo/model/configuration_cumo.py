@@ -8,6 +8,9 @@ scripts (scripts/cumo/mistral_7b/sft_mistral_7b.sh): `--mm_projector_type smoe_m
 """
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import (
+    StrictDataclassError as ConfigError,  # what `@strict` raises, ValueError inside
+)
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -115,4 +118,4 @@ class CumoConfig(PreTrainedConfig):
         return self.vision_config.hidden_size * len(self.scales)
 
 
-__all__ = ["CumoConfig"]
+__all__ = ["ConfigError", "CumoConfig"]

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import CLIPVisionConfig, MistralConfig, MixtralConfig
+from transformers import AutoTokenizer, CLIPVisionConfig, MistralConfig, MixtralConfig
 
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import CLIP_VIT_L_14_336
+from cumo.model.processing_cumo import CumoProcessor, add_image_token
 
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 # CuMo config fields -> ours (the rest of the released config is the LLM's).
@@ -231,3 +232,20 @@ def save_released(model: CumoForConditionalGeneration, directory: str | Path) ->
         json.dumps(config_to_released(model.config), indent=2, default=str)
     )
     save_file(to_released(model.state_dict()), directory / "model.safetensors", metadata={"format": "pt"})
+
+
+def convert_directory(src: str | Path, out: str | Path, direction: str) -> None:
+    """`from-released`: a released checkpoint (with its tokenizer) -> our model directory, image token added.
+    `to-released`: our model directory -> the released layout, tokenizer alongside."""
+    if direction == "from-released":
+        model = load_released(src)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+        add_image_token(tokenizer, model)
+        model.save_pretrained(out)
+        CumoProcessor(tokenizer, model.config).save_pretrained(out)
+    elif direction == "to-released":
+        model = CumoForConditionalGeneration.from_pretrained(src, dtype="auto")
+        save_released(model, out)
+        AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    else:
+        raise ValueError(f"direction {direction!r}: use 'from-released' or 'to-released'")

@@ -3,7 +3,7 @@
 Routing and auxiliary losses follow CuMo's `CLIPEncoderMoELayer` (multimodal_encoder/clip_smoe.py) and
 `MLPMoE` (multimodal_projector/builder.py), https://github.com/SHI-Labs/CuMo:
 
-- router softmax over E experts (in fp32 here), top-k, the k weights re-normalised to sum to 1;
+- router softmax over E experts (in fp32 or wider here), top-k, the k weights re-normalised to sum to 1;
 - balance loss per "image" (row of the input): E^2 * mean_e(P_e * f_e) with P_e the mean router
   probability of expert e over the row's tokens and f_e the fraction of the row's tokens whose top-1 is e
   (Switch Transformer, Fedus et al. 2021, eq. 4; 1.0 at perfect balance);
@@ -125,8 +125,10 @@ class SparseMoeBlock(nn.Module):
         self.experts = StackedExperts(num_experts, in_features, hidden_features, out_features, activation)
 
     def route(self, hidden_states_RND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, MoeAux]:
-        """Router decisions: weights (R, N, K) in fp32 summing to 1, expert indices (R, N, K), aux losses."""
-        router_logits_RNE = self.router(hidden_states_RND).float()
+        """Router decisions: weights (R, N, K) summing to 1, expert indices (R, N, K), aux losses."""
+        # fp32 at least: bf16 routing flips near-ties and its weights do not sum to 1 (Mixtral does the same).
+        router_logits_RNE = self.router(hidden_states_RND)
+        router_logits_RNE = router_logits_RNE.to(torch.promote_types(router_logits_RNE.dtype, torch.float32))
         router_probs_RNE = router_logits_RNE.softmax(dim=-1)
         weights_RNK, experts_RNK = router_probs_RNE.topk(self.top_k, dim=-1)
         weights_RNK = weights_RNK / weights_RNK.sum(dim=-1, keepdim=True)

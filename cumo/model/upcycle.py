@@ -6,12 +6,15 @@ into each expert); routers start fresh. Since identical experts with weights sum
 the dense MLP, the upcycled model's logits equal the dense model's: the invariant the tests check.
 """
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.moe import SparseMoeBlock
+from cumo.model.processing_cumo import CumoProcessor
 
 
 def upcycle(dense: CumoForConditionalGeneration) -> CumoForConditionalGeneration:
@@ -20,7 +23,11 @@ def upcycle(dense: CumoForConditionalGeneration) -> CumoForConditionalGeneration
         raise ValueError(
             "the model is already MoE (clip_moe or projector_type='smoe_mlp'); upcycle the dense pft model"
         )
-    config = CumoConfig.from_dict({**dense.config.to_dict(), "clip_moe": True, "projector_type": "smoe_mlp"})
+    config = CumoConfig.from_dict(
+        {**dense.config.to_dict(), "clip_moe": True, "projector_type": "smoe_mlp"},
+        attn_implementation=dense.config._attn_implementation,
+        experts_implementation=dense.config.text_config._experts_implementation,
+    )
 
     # Built on the meta device and filled from the dense model: no time spent on a random init of 8B weights.
     parameter = next(dense.parameters())
@@ -44,3 +51,11 @@ def upcycle(dense: CumoForConditionalGeneration) -> CumoForConditionalGeneration
     if unwritten:
         raise RuntimeError(f"upcycling left tensors of the MoE model unset: {sorted(unwritten)[:10]}")
     return moe.train(dense.training)
+
+
+def upcycle_directory(src: str | Path, dst: str | Path) -> None:
+    """`upcycle` on a saved dense model directory; the processor (tokenizer) is carried over."""
+    dense = CumoForConditionalGeneration.from_pretrained(src, dtype="auto")
+    moe = upcycle(dense)
+    moe.save_pretrained(dst)
+    CumoProcessor.from_pretrained(src, moe.config).save_pretrained(dst)

@@ -151,11 +151,12 @@ class CumoVisionTower(nn.Module):
         self.vision_model = CumoVisionTransformer(config.vision_config, moe)
 
     def forward(self, pixel_values_B3HW: torch.Tensor) -> tuple[torch.Tensor, VisionAux | None]:
-        B, _, size, _ = pixel_values_B3HW.shape
+        size = pixel_values_B3HW.shape[-1]
+        upcast = torch.promote_types(pixel_values_B3HW.dtype, torch.float32)
         pyramid = [pixel_values_B3HW]
         for scale in self.scales[1:]:
-            # Bicubic in fp32, as S^2, then back to the tower's dtype.
-            resized = F.interpolate(pixel_values_B3HW.float(), size=size * scale, mode="bicubic")
+            # Bicubic in fp32 at least (S^2 upcasts half precision), then back to the tower's dtype.
+            resized = F.interpolate(pixel_values_B3HW.to(upcast), size=size * scale, mode="bicubic")
             pyramid.append(split_chessboard(resized.to(pixel_values_B3HW.dtype), scale))
         rows_per_scale = [len(level) for level in pyramid]
 
@@ -169,7 +170,7 @@ class CumoVisionTower(nn.Module):
                 grid = int(features.shape[1] ** 0.5)
                 maps = features.transpose(1, 2).unflatten(2, (grid, grid))  # (s*s*B, C, g, g)
                 merged = merge_chessboard(maps, scale)  # (B, C, s*g, s*g)
-                pooled = F.interpolate(merged.float(), size=grid, mode="area").to(features.dtype)
+                pooled = F.interpolate(merged.to(upcast), size=grid, mode="area").to(features.dtype)
                 features = pooled.flatten(2).transpose(1, 2)  # (B, g*g, C)
             per_scale.append(features)
         features_BNC = torch.cat(per_scale, dim=-1)

@@ -1,0 +1,3 @@
+from cumo.cli import main
+
+main()

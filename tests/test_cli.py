@@ -1,0 +1,50 @@
+"""`cumo --help` and `cumo demo`: the commands the README shows."""
+
+import json
+import subprocess
+import sys
+
+from cumo.cli import main
+from cumo.model.modeling_cumo import CumoForConditionalGeneration
+
+
+def test_help_lists_every_step():
+    result = subprocess.run(
+        [sys.executable, "-m", "cumo", "--help"], capture_output=True, text=True, check=True
+    )
+    for step in ("demo", "upcycle", "convert"):
+        assert step in result.stdout
+
+
+def test_demo_upcycles_answers_and_saves_a_loadable_model(tmp_path, capsys):
+    main(["demo", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["upcycle_max_abs_logit_diff"] < 1e-5
+    assert report["parameters"]["moe"] > report["parameters"]["dense"]
+    assert len(report["answers"]["moe"]) == len(report["questions"]) == 2
+    # dense and upcycled models compute the same function, so greedy decoding agrees
+    assert report["answers"]["moe"] == report["answers"]["dense"]
+    model = CumoForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert model.config.clip_moe and model.config.mlp_moe
+    assert (tmp_path / "model" / "tokenizer.json").exists()
+    assert "demo.json" not in capsys.readouterr().err
+
+
+def test_a_step_that_fails_says_why_and_exits_nonzero(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cumo",
+            "upcycle",
+            "--model",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert f"{tmp_path / 'missing'} is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr

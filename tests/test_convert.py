@@ -1,0 +1,112 @@
+"""The released CuMo checkpoint layout, both ways, on tiny models written in that layout.
+
+The Mixtral expert mapping (w1/w3/w2 <-> gate_up_proj/down_proj) is checked against transformers' own
+converter: a MixtralForCausalLM loaded from our released-layout LLM keys must compute our LLM's logits.
+"""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import MixtralForCausalLM
+
+from cumo.cli import main
+from cumo.data.synthetic import build_tokenizer
+from cumo.model.convert import from_released, load_released, save_released, to_released
+from cumo.model.modeling_cumo import CumoForConditionalGeneration
+from cumo.model.processing_cumo import CumoProcessor
+
+from .factories import make_batch, make_model
+
+# The released keys, as listed for shi-labs/CuMo-mistral-7b and shi-labs/CuMo-mixtral-8x7b.
+RELEASED_KEY = re.compile(
+    r"model\.vision_tower\.vision_model\.(embeddings\.\S+|pre_layrnorm\.(weight|bias)"
+    r"|encoder\.layers\.\d+\.(self_attn\.\w+_proj|layer_norm[12])\.(weight|bias)"
+    r"|encoder\.layers\.\d+\.gate\.weight|encoder\.layers\.\d+\.experts\.\d+\.fc[12]\.(weight|bias))"
+    r"|model\.mm_projector\.(gate\.weight|experts\.\d+\.[02]\.(weight|bias))"
+    r"|model\.(embed_tokens|norm)\.weight|model\.layers\.\d+\.(self_attn\.[qkvo]_proj|input_layernorm|post_attention_layernorm"
+    r"|mlp\.(gate|up|down)_proj|block_sparse_moe\.gate|block_sparse_moe\.experts\.\d+\.w[123])\.weight"
+    r"|lm_head\.weight"
+)
+
+
+def test_released_keys_have_the_published_layout(preset):
+    released = to_released(make_model(preset).state_dict())
+    assert all(RELEASED_KEY.fullmatch(key) for key in released), [
+        k for k in released if not RELEASED_KEY.fullmatch(k)
+    ]
+    assert "model.vision_tower.vision_model.encoder.layers.1.experts.3.fc1.weight" in released
+    assert "model.vision_tower.vision_model.encoder.layers.1.gate.weight" in released
+    assert {"model.mm_projector.experts.0.0.weight", "model.mm_projector.experts.3.2.bias"} <= set(released)
+    assert not any("post_layernorm" in key for key in released)
+    if preset == "tiny-mixtral":
+        assert "model.layers.0.block_sparse_moe.experts.3.w3.weight" in released
+
+
+def test_conversion_round_trips_both_ways(preset):
+    state = make_model(preset).state_dict()
+    back = from_released(to_released(state))
+    assert back.keys() == state.keys()
+    assert all(torch.equal(back[key], state[key]) for key in state)
+
+
+def test_released_checkpoint_loads_with_no_missing_or_unexpected_key(preset, tmp_path):
+    model = make_model(preset)
+    batch = make_batch(model.config)
+    save_released(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == ("llava_mixtral" if preset == "tiny-mixtral" else "llava_mistral")
+    assert config["mm_projector_type"] == "smoe_mlp" and config["clip_smoe"] and config["num_selected"] == 2
+    loaded = load_released(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+
+def test_a_checkpoint_with_a_foreign_key_is_refused_by_name(tmp_path):
+    save_released(make_model("tiny"), tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    tensors["model.mm_projector.experts.0.4.weight"] = torch.zeros(2, 2)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(
+        ValueError, match=r"1 unexpected keys \['model\.mm_projector\.experts\.0\.4\.weight'\]"
+    ):
+        load_released(tmp_path)
+
+
+def test_mixtral_experts_map_as_transformers_maps_them(tmp_path):
+    model = make_model("tiny-mixtral")
+    released = to_released(model.state_dict())
+    llm = {
+        key: value
+        for key, value in released.items()
+        if not key.startswith(("model.vision_tower", "model.mm_projector"))
+    }
+    save_file(llm, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model.config.text_config.save_pretrained(tmp_path)
+    reference = MixtralForCausalLM.from_pretrained(tmp_path).eval()
+    input_ids = torch.randint(10, model.config.text_config.vocab_size, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reference(input_ids).logits, model(input_ids=input_ids).logits, rtol=0, atol=1e-6
+        )
+
+
+def test_cli_converts_a_released_checkpoint_and_back(tmp_path):
+    model = make_model("tiny")
+    tokenizer = build_tokenizer()
+    save_released(model, tmp_path / "released")
+    tokenizer.save_pretrained(tmp_path / "released")
+    main(["convert", "from-released", str(tmp_path / "released"), str(tmp_path / "ours")])
+    ours = CumoForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
+    processor = CumoProcessor.from_pretrained(tmp_path / "ours", ours.config)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == ours.config.image_token_id
+    main(["convert", "to-released", str(tmp_path / "ours"), str(tmp_path / "again")])
+    assert (
+        load_file(tmp_path / "again" / "model.safetensors").keys()
+        == load_file(tmp_path / "released" / "model.safetensors").keys()
+    )
+    batch = make_batch(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, model(**batch).logits, rtol=0, atol=0)
