@@ -200,3 +200,23 @@ def test_generate_answers_a_question_about_a_generated_image():
     assert new_tokens.shape == (2, 5)
     for row in range(2):
         assert new_tokens[row].tolist() == generate(model, one(batch, row), tokens=5)[0].tolist()
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(preset):
+    """CuMo trains with gradient checkpointing; the MoE aux outputs must survive recomputation."""
+    model = make_model(preset).train()
+    batch = make_batch(model.config)
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads()
+    model.activation_checkpointing_enable()
+    checkpointed_loss, checkpointed_grads = loss_and_grads()
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=0)
+    assert checkpointed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=0, atol=1e-7, msg=name)
