@@ -1,13 +1,16 @@
 """The tiny "shapes world": generated images of coloured shapes, their words, and a tokenizer for them.
 
-Everything the tiny preset needs to run offline: a word-level tokenizer over a closed vocabulary (the
-world's words, the chat template's words and special tokens) and images drawn from a seed.
+Everything the tiny preset needs to run offline: scenes of a few shapes in a few colours at a few
+positions, optionally with a rendered word (for OCR-style questions), drawn deterministically from a seed;
+and a word-level tokenizer over a closed vocabulary (the world's words, the chat template's words and the
+special tokens the Mistral template needs).
 """
 
 import random
 import re
+from dataclasses import dataclass
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -25,12 +28,76 @@ COLORS = {
     "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-POSITIONS = ("left", "right", "top", "bottom", "center")
+# Cell centres as fractions of the image side; a scene holds at most one thing per cell.
+POSITIONS = {
+    "center": (0.5, 0.5),
+    "left": (0.2, 0.5),
+    "right": (0.8, 0.5),
+    "top": (0.5, 0.2),
+    "bottom": (0.5, 0.8),
+}
+# Words a scene may show as text, for OCR-style questions (TextVQA-like).
+SIGN_WORDS = ("cat", "dog", "sun", "tree", "star", "moon", "fish", "bird")
 WORDS = (
     "a an the is are there this that what which where how many of in on at to and or with image picture shape "
-    "color colour object objects one two three yes no answer question single word phrase describe briefly "
-    "option letter from given choices directly it its please small large big"
+    "color colour object objects one two three four five yes no answer question single word phrase describe "
+    "briefly option letter from given choices directly it its please small large big written text says"
 ).split()
+
+
+@dataclass(frozen=True)
+class Thing:
+    shape: str
+    color: str
+    position: str
+
+
+@dataclass(frozen=True)
+class Scene:
+    things: tuple[Thing, ...]
+    word: str | None = None  # drawn as black text in the top-left corner
+
+
+def sample_scene(rng: random.Random, max_things: int = 3, word_probability: float = 0.0) -> Scene:
+    """1..max_things things at distinct positions, each of a random shape and colour; maybe a word."""
+    positions = rng.sample(list(POSITIONS), rng.randint(1, min(max_things, len(POSITIONS))))
+    things = tuple(Thing(rng.choice(SHAPES), rng.choice(list(COLORS)), position) for position in positions)
+    word = rng.choice(SIGN_WORDS) if rng.random() < word_probability else None
+    return Scene(things, word)
+
+
+def render_scene(scene: Scene, size: int = 64, seed: int = 0) -> Image.Image:
+    """A `size` x `size` RGB image of `scene` on a light background with a little seeded noise in its tint."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (size, size), tuple(rng.randint(225, 250) for _ in range(3)))
+    draw = ImageDraw.Draw(image)
+    radius = max(2, size // 9)
+    for thing in scene.things:
+        if thing.shape not in SHAPES:
+            raise ValueError(f"unknown shape {thing.shape!r}; known: {SHAPES}")
+        fx, fy = POSITIONS[thing.position]
+        cx, cy = int(fx * size), int(fy * size)
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        fill = COLORS[thing.color]
+        if thing.shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif thing.shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon(
+                [(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill
+            )
+    if scene.word:
+        font = ImageFont.load_default(size=max(8, size // 8))
+        draw.text((2, 1), scene.word, fill=(0, 0, 0), font=font)
+    return image
+
+
+def render_shape(
+    shape: str, color: str, position: str = "center", size: int = 64, seed: int = 0
+) -> Image.Image:
+    """One `color` `shape` at `position`: the simplest scene."""
+    return render_scene(Scene((Thing(shape, color, position),)), size=size, seed=seed)
 
 
 def _template_words() -> list[str]:
@@ -43,6 +110,7 @@ VOCABULARY = list(
         + list(COLORS)
         + list(SHAPES)
         + list(POSITIONS)
+        + list(SIGN_WORDS)
         + WORDS
         + _template_words()
         + list(".,?!:'\"-")
@@ -62,31 +130,3 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         pad_token="<pad>",
         additional_special_tokens=SPECIAL_TOKENS[4:],
     )
-
-
-def render_shape(
-    shape: str, color: str, position: str = "center", size: int = 64, seed: int = 0
-) -> Image.Image:
-    """A `size` x `size` RGB image: one `color` `shape` at `position` on a light, slightly noisy background."""
-    rng = random.Random(seed)
-    image = Image.new("RGB", (size, size), tuple(rng.randint(225, 250) for _ in range(3)))
-    draw = ImageDraw.Draw(image)
-    radius = size // 5
-    cx, cy = {
-        "center": (size // 2, size // 2),
-        "left": (size // 4, size // 2),
-        "right": (3 * size // 4, size // 2),
-        "top": (size // 2, size // 4),
-        "bottom": (size // 2, 3 * size // 4),
-    }[position]
-    box = (cx - radius, cy - radius, cx + radius, cy + radius)
-    fill = COLORS[color]
-    if shape == "circle":
-        draw.ellipse(box, fill=fill)
-    elif shape == "square":
-        draw.rectangle(box, fill=fill)
-    elif shape == "triangle":
-        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
-    else:
-        raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
-    return image
