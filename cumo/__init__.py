@@ -1,16 +1,5 @@
 """cumo: CuMo (Li et al., NeurIPS 2024), co-upcycled MoE multimodal LLM, reproduced end to end.
 
-Importing the package registers CumoConfig and the model classes with transformers' Auto classes, so a
-saved model loads with `AutoModelForImageTextToText.from_pretrained(path)`.
+Kept free of imports so that light processes (a mixture reader, a downloader) do not load torch and
+transformers; `import cumo.model` registers the model with transformers' Auto classes.
 """
-
-from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText
-
-from cumo.model.configuration_cumo import CumoConfig
-from cumo.model.modeling_cumo import CumoForConditionalGeneration, CumoModel
-
-AutoConfig.register("cumo", CumoConfig)
-AutoModel.register(CumoConfig, CumoModel)
-AutoModelForImageTextToText.register(CumoConfig, CumoForConditionalGeneration)
-
-__all__ = ["CumoConfig", "CumoForConditionalGeneration", "CumoModel"]

@@ -26,6 +26,43 @@ def demo(args) -> None:
     print(f"model and processor saved under {args.out}/model")
 
 
+def download(args) -> None:
+    """Download training sources (and those they require) into the data tree, verified, with .done markers."""
+    from cumo.data.download import default_data_root
+    from cumo.data.download import download as download_sources
+
+    data_root = Path(args.data_root) if args.data_root else default_data_root()
+    records = download_sources(args.names, data_root, args.config)
+    print(f"{len(records)} source(s) ready under {data_root}: {', '.join(r['source'] for r in records)}")
+
+
+def synthetic(args) -> None:
+    """Write the tiny shapes world: training corpora (pretrain, pft, sft), their tokenizer, 13 benchmarks."""
+    from cumo.data.synthetic import write_world
+    from cumo.data.synthetic_benchmarks import write_benchmarks
+
+    world = write_world(args.data_root, seed=args.seed)
+    benchmarks = write_benchmarks(args.data_root, seed=args.seed, per_benchmark=args.per_benchmark)
+    print(json.dumps({"world": world, "benchmarks": sorted(benchmarks)}, indent=2, default=str))
+
+
+def mixture(args) -> None:
+    """Validate mixture JSON file(s) into the memory-mapped Arrow form training reads, with drop counts."""
+    from cumo.data.mixture import build_mixture
+
+    stats = build_mixture(
+        args.inputs,
+        args.out,
+        args.stats,
+        args.data_root,
+        image_folder=args.image_folder,
+        reference=args.reference,
+        verify_images=args.verify_images,
+        max_skipped_share=args.max_skipped_share,
+    )
+    print(stats["summary"])
+
+
 def upcycle(args) -> None:
     """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
     from cumo.model.upcycle import upcycle_directory
@@ -55,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--out", default="results/demo", help="where the model, processor and demo.json go")
     sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
 
+    sub = add("download", download)
+    sub.add_argument("names", nargs="+", metavar="SOURCE", help="source names declared in the sources config")
+    sub.add_argument("--data-root", default=None, help="data tree root (default: $CuMo_DIR/data, else data)")
+    sub.add_argument("--config", default="config/sources.yaml", help="the sources declarations")
+
+    sub = add("synthetic", synthetic)
+    sub.add_argument("--data-root", required=True, help="where the world's data tree is written")
+    sub.add_argument("--seed", type=int, default=0, help="seed of everything generated")
+    sub.add_argument("--per-benchmark", type=int, default=40, help="questions per benchmark")
+
+    sub = add("mixture", mixture)
+    sub.add_argument("inputs", nargs="+", type=Path, metavar="JSON", help="mixture JSON file(s), in order")
+    sub.add_argument("--data-root", required=True, type=Path, help="the data tree the image paths are under")
+    sub.add_argument("--out", required=True, type=Path, help="the Arrow file to write")
+    sub.add_argument("--stats", required=True, type=Path, help="the stats JSON to write (counts, drops)")
+    sub.add_argument(
+        "--image-folder",
+        default="",
+        help="images' folder under the data root (pretrain: llava/llava_pretrain/images)",
+    )
+    sub.add_argument(
+        "--reference", type=Path, help="published mixture whose composition the stats compare to"
+    )
+    sub.add_argument("--verify-images", action="store_true", help="also decode every image (parallel)")
+    sub.add_argument("--max-skipped-share", type=float, default=0.001, help="fail above this share of drops")
+
     sub = add("upcycle", upcycle)
     sub.add_argument(
         "--model",
@@ -72,12 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from cumo.data.download import DownloadError
+    from cumo.data.skips import TooManySkipped
     from cumo.model.configuration_cumo import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         args.function(args)
-    except (ValueError, FileNotFoundError, ConfigError) as error:
+    except (ValueError, FileNotFoundError, ConfigError, DownloadError, TooManySkipped) as error:
         sys.exit(f"cumo {args.step}: {error}")
 
 

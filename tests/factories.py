@@ -2,7 +2,7 @@
 
 import torch
 
-import cumo  # noqa: F401  (registers the Auto classes)
+import cumo.model  # noqa: F401  (registers the Auto classes)
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import build_config
 

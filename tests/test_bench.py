@@ -21,3 +21,21 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     main(["moe", "--images", "1", "--tokens", "3", "--repeats", "1", "--json", str(path)])
     assert "loop/sorted" in capsys.readouterr().out
     assert json.loads(path.read_text())["shape"]["tokens"] == 3
+
+
+def test_bench_mixture_figures_at_a_small_size(tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    # The synthetic mixture and its fake data tree go under tmp_path.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    path = tmp_path / "mixture.json"
+    main(["mixture", "--entries", "300", "--json", str(path)])
+    figures = json.loads(path.read_text())
+    build, reader = figures["build"], figures["reader"]
+    assert build["entries"]["seen"] == 300 and build["entries"]["kept"] <= 300
+    assert build["seconds"] > 0 and build["peak_mb"] >= build["after_import_mb"] > 0
+    assert reader["rows"] == build["entries"]["kept"] and reader["read"] == reader["rows"]
+    assert reader["after_reads_mb"]["RssAnon"] > 0
+    assert figures["synthesis"]["image_files"] > 0
+    assert "reader private RSS" in capsys.readouterr().out
+    assert not list(tmp_path.glob("cumo-bench-mixture-*"))  # the work files are removed

@@ -48,3 +48,26 @@ def test_a_step_that_fails_says_why_and_exits_nonzero(tmp_path):
     assert result.returncode != 0
     assert f"{tmp_path / 'missing'} is not a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_synthetic_world_goes_through_the_mixture_step(tmp_path, capsys):
+    """The two data steps chained as the workflow chains them: the world's sft JSON validates with no drop."""
+    data = tmp_path / "data"
+    main(["synthetic", "--data-root", str(data), "--per-benchmark", "2"])
+    assert (data / "eval" / "pope" / "llava_pope_test.jsonl").exists()
+    out, stats = tmp_path / "sft.arrow", tmp_path / "sft.stats.json"
+    main(
+        [
+            "mixture",
+            str(data / "jsons" / "synthetic_sft.json"),
+            "--data-root",
+            str(data),
+            "--out",
+            str(out),
+            "--stats",
+            str(stats),
+        ]
+    )
+    report = json.loads(stats.read_text())
+    assert report["skipped"]["skipped"] == 0 and out.exists()
+    assert "skipped 0" in capsys.readouterr().out

@@ -2,8 +2,10 @@
 
 Reproduces the two templates CuMo trains with (cumo/conversation.py, https://github.com/SHI-Labs/CuMo):
 
-- `plain` (pretrain, LLaVA's `preprocess_plain`): the image, then the caption, then "\\n"; no system
-  text and no question.
+- `plain` (pretrain, LLaVA's `preprocess_plain`): `<s>`, the image, the caption, "\\n"; no system text and
+  no question. The `<s>` is the BOS that LLaVA's `tokenizer_image_token` puts in front (llava/mm_utils.py:
+  each chunk is tokenised with the tokenizer's BOS and the first BOS is kept), written out here because we
+  tokenise without adding special tokens.
 - `mistral_instruct_system` (pft and sft, `SeparatorStyle.LLAMA_2` with sep="" and sep2="</s>"):
   `<s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n<image>\\n{q1} [/INST] {a1} </s>[INST] {q2} [/INST] {a2} </s>`.
   The space before `</s>` is CuMo's (`" " + message + " " + sep2`); the image placeholder is moved to the
@@ -31,9 +33,22 @@ class Template:
 
 
 TEMPLATES = {
-    "plain": Template("plain", system="", bos="", eos="\n"),
+    "plain": Template("plain", system="", bos="<s>", eos="\n"),
     "mistral_instruct_system": Template("mistral_instruct_system", system=SYSTEM, bos="<s>", eos="</s>"),
 }
+
+
+def turns_from_llava(conversations: list[dict]) -> list[tuple[str, str]]:
+    """A LLaVA entry's `conversations` ([{"from": "human" | "gpt", "value": ...}, ...]) as (question, answer) turns."""
+    roles = [message.get("from") for message in conversations]
+    if not roles or len(roles) % 2 or roles != ["human", "gpt"] * (len(roles) // 2):
+        raise ValueError(
+            f"conversations must alternate human, gpt, human, gpt, ... and end with gpt; got roles {roles}"
+        )
+    values = [message.get("value") for message in conversations]
+    if not all(isinstance(value, str) for value in values):
+        raise ValueError("every message of the conversations needs a string `value`")
+    return list(zip(values[0::2], values[1::2], strict=True))
 
 
 def _check_image_placeholders(turns: list[tuple[str, str | None]], has_image: bool) -> None:
@@ -48,6 +63,9 @@ def _check_image_placeholders(turns: list[tuple[str, str | None]], has_image: bo
             f"{IMAGE_PLACEHOLDER} may appear only once, in the first question, and only when there is an "
             f"image (has_image={has_image}); found it {sum(counts)} times"
         )
+    # An answer's placeholder would become image tokens inside the labels, with no image to fill them.
+    if any(answer is not None and IMAGE_PLACEHOLDER in answer for _, answer in turns):
+        raise ValueError(f"{IMAGE_PLACEHOLDER} may not appear in an answer")
 
 
 def render_segments(
@@ -68,7 +86,7 @@ def render_segments(
         if len(turns) != 1:
             raise ValueError(f"the plain template takes one (image, caption) turn, got {len(turns)}")
         answer = turns[0][1]
-        segments = [(IMAGE_PLACEHOLDER if has_image else "", False)]
+        segments = [(spec.bos + (IMAGE_PLACEHOLDER if has_image else ""), False)]
         return segments if answer is None else [*segments, (answer + spec.eos, True)]
 
     segments = []
@@ -86,3 +104,8 @@ def render_segments(
 def render(template: str, turns: list[tuple[str, str | None]], has_image: bool) -> str:
     """The conversation as one string."""
     return "".join(text for text, _ in render_segments(template, turns, has_image))
+
+
+def expand_image_placeholders(text: str, image_token: str, num_image_tokens: int) -> str:
+    """Each image placeholder as the `num_image_tokens` tokens the model fills with that image's features."""
+    return text.replace(image_token, image_token * num_image_tokens)

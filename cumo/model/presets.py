@@ -6,7 +6,7 @@ co-upcycled sft model (CLIP MLPs and connector as top-2-of-4 MoE blocks, CuMo se
 
 from transformers import CLIPVisionConfig, MistralConfig, MixtralConfig
 
-from cumo.data.synthetic import IMAGE_TOKEN_ID, VOCABULARY
+from cumo.data.synthetic import IMAGE_TOKEN_ID, TINY_VOCAB_SIZE
 from cumo.model.configuration_cumo import CumoConfig
 
 # https://huggingface.co/openai/clip-vit-large-patch14-336/blob/main/config.json (vision_config)
@@ -63,7 +63,7 @@ TINY_VISION = dict(
     initializer_range=0.02,
 )
 TINY_TEXT = dict(
-    vocab_size=len(VOCABULARY),
+    vocab_size=TINY_VOCAB_SIZE,
     bos_token_id=1,
     eos_token_id=2,
     pad_token_id=3,

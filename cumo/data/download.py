@@ -1,0 +1,721 @@
+"""From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every training source.
+
+The sources are declared in `config/sources.yaml` (repo ids, revisions, allow-patterns, URLs, digests,
+target folders); a source that needs code (a conversion to LLaVA's conversation schema, images named by
+URL in a metadata file) has a module in `cumo/data/sources/`. This module is the machinery they share:
+
+- Hub repos through huggingface_hub's `snapshot_download`, at the commit the declared revision resolves to;
+  every file is then checked against the sha256 (LFS) or git hash the Hub lists for it at that commit.
+- HTTPS files with resume (`Range`), retries with exponential back-off and a sha256 check where the
+  digest is declared; where it is not, the computed digest is printed and recorded so it can be declared.
+- Files behind a registration are placed by hand; a source missing one stops before fetching anything,
+  saying where to get it, where to put it and what it will be checked against.
+- Archives (zip, tar, tar.gz) are checked member by member before anything is written: a member that
+  would land outside the target folder (`..`, an absolute path, a link pointing out) refuses the archive.
+
+A source is done when its marker `<data_root>/<folder>/.<name>.done` exists: a JSON record of the resolved
+commits, every file's sha256, the extracted member counts and the converted entry counts, written last.
+A second call with the marker present does nothing. Downloads go to `<file>.part` and are renamed only when
+whole and verified, so an interrupted run resumes where it stopped.
+"""
+
+import fcntl
+import hashlib
+import http.client
+import importlib
+import importlib.util
+import json
+import os
+import posixpath
+import re
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import MISSING, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from huggingface_hub import HfApi, get_token, snapshot_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import filter_repo_objects
+from tqdm import tqdm
+
+from cumo.data.skips import SkipCounter
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+CHUNK = 1 << 20
+BAR_MIN_BYTES = 16 << 20  # smaller files get no progress bar of their own (fetch_all has one for them all)
+
+
+class SourceConfigError(ValueError):
+    """config/sources.yaml is malformed; the message names the source, the field and the fix."""
+
+
+class DownloadError(RuntimeError):
+    """A fetch, check or extraction failed; the message names the file and what to do."""
+
+
+class ChecksumError(DownloadError):
+    """A file's digest differs from the declared one; the message names the file and both digests."""
+
+
+class ManualStepNeeded(DownloadError):
+    """A file behind a registration or a gated repo is missing: where to get it, where to put it."""
+
+
+class UnsafeArchiveError(DownloadError):
+    """An archive member would be written outside the target folder; nothing was extracted."""
+
+
+# -- Declarations --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HubRepo:
+    repo: str  # a dataset repo id, owner/name
+    revision: str  # a 40-hex commit pins it; a branch is resolved and the commit recorded
+    allow: tuple[str, ...]  # fnmatch patterns over repo paths, as snapshot_download's allow_patterns
+    into: str = "."  # sub-folder of the source's folder
+    gated: bool = False  # the repo asks its users to accept terms: a token is needed
+
+
+@dataclass(frozen=True)
+class WebFile:
+    url: str
+    sha256: str | None
+    file: str = ""  # name in the source's folder; default: the URL's last path component
+
+
+@dataclass(frozen=True)
+class ManualFile:
+    file: str  # name in the source's folder, where the user puts it
+    get: str  # where and how to get it
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Extract:
+    archive: str  # glob relative to the source's folder
+    into: str = "."
+    expect: tuple[str, ...] = ()  # paths (relative to the source's folder) the extraction must produce
+    flatten: bool = False  # drop the members' folders, as `unzip -j`
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    page: str
+    folder: str
+    requires: tuple[str, ...] = ()
+    hub: tuple[HubRepo, ...] = ()
+    web: tuple[WebFile, ...] = ()
+    manual: tuple[ManualFile, ...] = ()
+    extract: tuple[Extract, ...] = ()
+
+
+def _build(cls, raw, where: str, **given):
+    """`cls(**raw)` with the fields checked: unknown and missing ones are errors that name `where`."""
+    if not isinstance(raw, dict):
+        raise SourceConfigError(f"{where}: expected a mapping of fields, got {raw!r}")
+    known = {f.name for f in fields(cls)} - set(given)
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SourceConfigError(f"{where}: unknown field(s) {unknown}; the known ones are {sorted(known)}")
+    required = {f.name for f in fields(cls) if f.default is MISSING} - set(given)
+    missing = sorted(required - set(raw))
+    if missing:
+        raise SourceConfigError(f"{where}: missing field(s) {missing}")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
+    return cls(**values, **given)
+
+
+def _relative(path: str, where: str) -> str:
+    if not isinstance(path, str) or not path or path.startswith("/") or ".." in PurePosixPath(path).parts:
+        raise SourceConfigError(
+            f"{where}: {path!r} must be a relative path inside the data root, without '..'"
+        )
+    return path
+
+
+def _digest(value, where: str) -> str | None:
+    if value is not None and not (isinstance(value, str) and SHA256.fullmatch(value)):
+        raise SourceConfigError(
+            f"{where}: sha256 {value!r} is not 64 lowercase hex digits (use null if unknown)"
+        )
+    return value
+
+
+def _parse_source(name: str, raw, where: str) -> Source:
+    if not isinstance(raw, dict):
+        raise SourceConfigError(f"{where}: expected a mapping of fields, got {raw!r}")
+    parts = {}
+    for key, cls in (("hub", HubRepo), ("web", WebFile), ("manual", ManualFile), ("extract", Extract)):
+        items = raw.get(key, [])
+        if not isinstance(items, list):
+            raise SourceConfigError(f"{where}: {key} must be a list, got {items!r}")
+        parts[key] = tuple(_build(cls, item, f"{where}, {key}[{i}]") for i, item in enumerate(items))
+    source = _build(Source, {k: v for k, v in raw.items() if k not in parts}, where, name=name, **parts)
+    _relative(source.folder, f"{where}, folder")
+    for i, repo in enumerate(source.hub):
+        _relative(repo.into, f"{where}, hub[{i}].into")
+        if not repo.allow:
+            raise SourceConfigError(
+                f"{where}, hub[{i}]: allow needs at least one pattern (never the whole repo)"
+            )
+    web = []
+    for i, item in enumerate(source.web):
+        _digest(item.sha256, f"{where}, web[{i}]")
+        file = item.file or unquote(PurePosixPath(urlsplit(item.url).path).name)
+        web.append(WebFile(item.url, item.sha256, _relative(file, f"{where}, web[{i}].file")))
+    for i, item in enumerate(source.manual):
+        _digest(item.sha256, f"{where}, manual[{i}]")
+        _relative(item.file, f"{where}, manual[{i}].file")
+    for i, step in enumerate(source.extract):
+        for path in (step.archive, step.into, *step.expect):
+            _relative(path, f"{where}, extract[{i}]")
+    return replace(source, web=tuple(web))
+
+
+def load_sources(path: str | Path) -> dict[str, Source]:
+    """Read and check the source declarations (config/sources.yaml): every error names the source and field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SourceConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict) or not raw:
+        raise SourceConfigError(f"{path}: expected a mapping from source name to its declaration")
+    sources = {name: _parse_source(name, body, f"{path}: source {name!r}") for name, body in raw.items()}
+    for source in sources.values():
+        unknown = sorted(set(source.requires) - set(sources))
+        if unknown:
+            raise SourceConfigError(f"{path}: source {source.name!r} requires unknown source(s) {unknown}")
+    return sources
+
+
+def plan(names: Iterable[str], sources: dict[str, Source]) -> list[Source]:
+    """The named sources and what they require, each once, requirements first."""
+    order: list[Source] = []
+    visiting: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in sources:
+            raise SourceConfigError(f"unknown source {name!r}; the declared ones are {sorted(sources)}")
+        if name in visiting:
+            raise SourceConfigError(
+                f"sources require each other in a cycle: {' -> '.join([*visiting, name])}"
+            )
+        if sources[name] in order:
+            return
+        visiting.append(name)
+        for required in sources[name].requires:
+            visit(required)
+        visiting.pop()
+        order.append(sources[name])
+
+    for name in names:
+        visit(name)
+    return order
+
+
+def default_data_root() -> Path:
+    """`$CuMo_DIR/data` when that variable is set, as in CuMo's own instructions; `data` otherwise."""
+    return Path(os.environ["CuMo_DIR"]) / "data" if "CuMo_DIR" in os.environ else Path("data")
+
+
+# -- Digests -------------------------------------------------------------------------------------------------
+
+
+def file_digests(path: Path) -> tuple[str, str]:
+    """(sha256, git blob sha1) of a file in one read: the Hub identifies a file by the first when it is
+    stored in LFS and by the second otherwise (https://git-scm.com/book/en/v2/Git-Internals-Git-Objects)."""
+    size = path.stat().st_size
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    with (
+        open(path, "rb") as handle,
+        tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"sha256 {path.name}",
+            leave=False,
+            disable=size < BAR_MIN_BYTES,
+        ) as bar,
+    ):
+        while chunk := handle.read(CHUNK):
+            sha256.update(chunk)
+            sha1.update(chunk)
+            bar.update(len(chunk))
+    return sha256.hexdigest(), sha1.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+# -- HTTPS ---------------------------------------------------------------------------------------------------
+
+# Worth another try: the connection failed or dropped, the server timed out or is overloaded (408, 429, 5xx
+# arrive as HTTPError, a URLError).
+_TRANSIENT = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
+
+
+def _get(url: str, partial: Path, timeout_s: float) -> None:
+    """One request: append to `partial` from where it stops (Range), raise if the body comes short."""
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"User-Agent": "cumo-download", **({"Range": f"bytes={offset}-"} if offset else {})}
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+    except urllib.error.HTTPError as error:
+        if error.code == 416 and offset:  # the range starts at the end: the file is already whole
+            return
+        if error.code in (408, 429) or error.code >= 500:
+            raise
+        raise DownloadError(
+            f"{url}: HTTP {error.code} {error.reason}, not retried: the file is gone or needs a login "
+            "(for a declared source, check its URL in config/sources.yaml against the dataset's page)"
+        ) from error
+    with response:
+        resumed = offset > 0 and response.status == 206  # a 200 means the server ignored the range
+        length = response.headers.get("Content-Length")
+        expected = int(length) if length is not None else None
+        received = 0
+        with (
+            open(partial, "ab" if resumed else "wb") as out,
+            tqdm(
+                total=(offset if resumed else 0) + expected if expected is not None else None,
+                initial=offset if resumed else 0,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=partial.name.removesuffix(".part"),
+                leave=False,
+                disable=expected is not None and expected < BAR_MIN_BYTES,
+            ) as bar,
+        ):
+            while chunk := response.read(CHUNK):
+                out.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        # http.client returns what it got when the peer closes early instead of raising.
+        if expected is not None and received < expected:
+            raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+
+
+def fetch_url(
+    url: str,
+    dest: str | Path,
+    sha256: str | None = None,
+    *,
+    attempts: int = 5,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+) -> str:
+    """Download `url` to `dest` and return its sha256.
+
+    The bytes go to `dest.part`, resumed with a Range request after a dropped connection (up to `attempts`
+    tries, waiting `backoff_s`, 2x, 4x ... in between), and `dest` appears only when whole and, if `sha256`
+    is given, matching it. A `dest` already there is kept when it matches (or when no digest is known).
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        digest = file_digests(dest)[0]
+        if sha256 is None or digest == sha256:
+            return digest
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".part")
+    for attempt in range(1, attempts + 1):
+        try:
+            _get(url, partial, timeout_s)
+            break
+        except _TRANSIENT as error:
+            if attempt == attempts:
+                raise DownloadError(
+                    f"{url}: failed {attempts} times, last with {error}. The part already fetched is kept in "
+                    f"{partial}: run again to resume."
+                ) from error
+            delay = backoff_s * 2 ** (attempt - 1)
+            tqdm.write(f"{url}: {error}; try {attempt + 1} of {attempts} in {delay:.0f} s")
+            time.sleep(delay)
+    digest = file_digests(partial)[0]
+    if sha256 is not None and digest != sha256:
+        partial.unlink()
+        raise ChecksumError(
+            f"{dest}: downloaded from {url} with sha256 {digest}, but config/sources.yaml declares {sha256}. "
+            "The download was deleted. Run again; if the digest stays the same, the upstream file changed: "
+            "check the dataset's page and update sha256 in config/sources.yaml."
+        )
+    partial.replace(dest)
+    return digest
+
+
+def fetch_all(pairs: Iterable[tuple[str, Path]], counter: SkipCounter, workers: int = 16) -> SkipCounter:
+    """Fetch many small files (images named by URL in a metadata file), `workers` at a time.
+
+    Files already there are kept. A file that cannot be fetched (dead links are common in web-crawled
+    datasets) is counted in `counter`, not fatal, until more than its `max_share` of them fail.
+    """
+    pairs = list(pairs)
+    counter.see(len(pairs))
+    todo = [(url, dest) for url, dest in pairs if not dest.is_file()]
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc=counter.what, unit="file") as bar:
+        futures = {pool.submit(fetch_url, url, dest, attempts=3): (url, dest) for url, dest in todo}
+        for future in as_completed(futures):
+            url, dest = futures[future]
+            try:
+                future.result()
+            except (DownloadError, OSError, ValueError) as error:  # ValueError: a malformed URL
+                counter.skip("not fetched", dest.name, f"{url}: {error}")
+            bar.update()
+    counter.check()
+    return counter
+
+
+# -- Hugging Face Hub ----------------------------------------------------------------------------------------
+
+
+def _gated_message(repo: HubRepo, local_dir: Path) -> str:
+    return (
+        f"{repo.repo} is gated on the Hugging Face Hub. Log in, accept its terms at "
+        f"https://huggingface.co/datasets/{repo.repo}, create a read token at "
+        "https://huggingface.co/settings/tokens and export HF_TOKEN=<token> (or run `hf auth login`), then run "
+        f"again. Its files go to {local_dir}, each checked against the sha256 (LFS) or git hash the Hub lists "
+        "for it at the resolved commit. The source is not marked done before they all are."
+    )
+
+
+def check_tokens(source: Source, folder: Path) -> None:
+    """Stop before anything is fetched when a gated repo of the source has no token to reach it with."""
+    for repo in source.hub:
+        if repo.gated and get_token() is None:
+            raise ManualStepNeeded(_gated_message(repo, folder / repo.into))
+
+
+def _select(repo: HubRepo, commit: str, tree: list[RepoFile]) -> dict[str, RepoFile]:
+    """The repo's files that `repo.allow` selects, by path; a pattern that selects nothing is an error
+    (the repo's layout changed)."""
+    paths = [entry.path for entry in tree]
+    for pattern in repo.allow:
+        if not list(filter_repo_objects(paths, allow_patterns=[pattern])):
+            raise DownloadError(
+                f"{repo.repo}@{commit}: no file matches the allow pattern {pattern!r}; the repo holds "
+                f"{sorted(paths)[:20]}{' ...' if len(paths) > 20 else ''}. Fix allow in config/sources.yaml."
+            )
+    selected = set(filter_repo_objects(paths, allow_patterns=list(repo.allow)))
+    return {entry.path: entry for entry in tree if entry.path in selected}
+
+
+def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
+    """Download the files of a Hub dataset repo that `repo.allow` selects into `local_dir` and verify them.
+
+    The revision is resolved to a commit first and everything is fetched at that commit, so the files are
+    one consistent snapshot; a revision that is not a commit is warned about. Returns the record for the
+    marker: repo, revision, resolved commit and every file's sha256.
+    """
+    if not COMMIT.fullmatch(repo.revision):
+        warnings.warn(
+            f"{repo.repo}: revision {repo.revision!r} is not a commit, so this download is not reproducible; "
+            "the commit it resolves to is recorded in the source's .done marker: put it in config/sources.yaml",
+            stacklevel=2,
+        )
+    # huggingface_hub reads HF_ENDPOINT once, when it is imported, and builds file URLs from that constant;
+    # passing the endpoint explicitly makes a value set later (a mirror, the tests' server) count everywhere.
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    api = HfApi(endpoint=endpoint)
+    try:
+        commit = api.dataset_info(repo.repo, revision=repo.revision).sha
+        tree = [
+            entry
+            for entry in api.list_repo_tree(repo.repo, repo_type="dataset", revision=commit, recursive=True)
+            if isinstance(entry, RepoFile)
+        ]
+        wanted = _select(repo, commit, tree)
+        snapshot_download(
+            repo.repo,
+            repo_type="dataset",
+            revision=commit,
+            allow_patterns=list(repo.allow),
+            local_dir=local_dir,
+            endpoint=endpoint,
+        )
+    except GatedRepoError as error:  # the Hub lists a gated repo to anyone but serves its files with a token
+        raise ManualStepNeeded(_gated_message(repo, local_dir)) from error
+    except HfHubHTTPError as error:
+        raise DownloadError(
+            f"{repo.repo}@{repo.revision}: {error}. Check repo and revision in config/sources.yaml."
+        ) from error
+    if commit != repo.revision:
+        tqdm.write(
+            f"{repo.repo}: revision {repo.revision!r} is commit {commit} (pin it in config/sources.yaml)"
+        )
+    digests = {}
+    for path, entry in sorted(wanted.items()):
+        local = local_dir / path
+        if not local.is_file():
+            raise DownloadError(f"{repo.repo}@{commit}: {path} did not arrive in {local}; run again")
+        sha256, git_sha1 = file_digests(local)
+        kind, expected, actual = (
+            ("sha256", entry.lfs.sha256, sha256) if entry.lfs else ("git sha1", entry.blob_id, git_sha1)
+        )
+        if actual != expected:
+            local.unlink()
+            raise ChecksumError(
+                f"{local}: {kind} {actual}, but the Hub lists {expected} for {path} of {repo.repo}@{commit}. "
+                "The file was deleted: run again to fetch it anew."
+            )
+        digests[path] = sha256
+    return {"repo": repo.repo, "revision": repo.revision, "commit": commit, "sha256": digests}
+
+
+# -- Files placed by hand ------------------------------------------------------------------------------------
+
+
+def check_manual(source: Source, folder: Path) -> dict[str, str]:
+    """Check the files a source needs placed by hand; return their sha256 by name.
+
+    Every missing file is listed at once, with where to get it, where to put it and its checksum, before
+    anything of the source is fetched, so that a source is never half downloaded for want of one file.
+    """
+    missing = [item for item in source.manual if not (folder / item.file).is_file()]
+    if missing:
+        steps = "\n".join(
+            f"  - {item.get}\n    put it at {folder / item.file}\n    "
+            + (
+                f"it will be checked against sha256 {item.sha256}"
+                if item.sha256
+                else "no sha256 is declared yet: its digest will be printed and recorded in the marker"
+            )
+            for item in missing
+        )
+        raise ManualStepNeeded(
+            f"{source.name} ({source.page}) needs {len(missing)} file(s) that cannot be downloaded "
+            f"automatically:\n{steps}\nThen run again. Nothing of {source.name} was downloaded."
+        )
+    digests = {}
+    for item in source.manual:
+        path = folder / item.file
+        digest = file_digests(path)[0]
+        if item.sha256 is not None and digest != item.sha256:
+            raise ChecksumError(
+                f"{path}: sha256 {digest}, but config/sources.yaml declares {item.sha256}. The file is "
+                f"incomplete or another release: get it again ({item.get}) and replace it."
+            )
+        digests[item.file] = digest
+    return digests
+
+
+# -- Archives ------------------------------------------------------------------------------------------------
+
+
+def _outside(name: str) -> bool:
+    """Whether an archive path, taken relative to the target folder, would leave it."""
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    return name.startswith(("/", "\\")) or bool(re.match(r"[A-Za-z]:", name)) or normal.split("/")[0] == ".."
+
+
+def _check_member(archive: Path, name: str, link: str | None = None, hard: bool = False) -> None:
+    """Refuse a member outside the target folder, or a link to outside it (a symbolic link's target is
+    relative to the link's folder, a hard link's to the archive's root)."""
+    if _outside(name):
+        problem = "has a path outside the target folder"
+    elif link is not None and _outside(link if hard else posixpath.join(posixpath.dirname(name), link)):
+        problem = f"is a {'hard' if hard else 'symbolic'} link to {link!r}, outside the target folder"
+    else:
+        return
+    raise UnsafeArchiveError(
+        f"{archive}: member {name!r} {problem}; the archive is refused and nothing was extracted from it. "
+        "Delete it and download it again; if the member is still there, the archive is not the expected one."
+    )
+
+
+def extract_archive(archive: Path, into: Path, *, flatten: bool = False) -> int:
+    """Extract a zip or tar (.tar, .tar.gz, ...) archive into `into` and return the number of files.
+
+    Every member is checked before the first is written. `flatten` keeps only the members' file names.
+    """
+    into.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            for member in members:
+                _check_member(archive, member.filename)
+            files = [member for member in members if not member.is_dir()]
+            for member in tqdm(files, desc=f"extract {archive.name}", unit="file", leave=False):
+                target = into / (PurePosixPath(member.filename).name if flatten else member.filename)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zipped.open(member) as source, open(target, "wb") as out:
+                    while chunk := source.read(CHUNK):
+                        out.write(chunk)
+        return len(files)
+    if tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tarred:
+            members = tarred.getmembers()
+            for member in members:
+                link = member.linkname if member.issym() or member.islnk() else None
+                _check_member(archive, member.name, link, hard=member.islnk())
+                if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+                    raise UnsafeArchiveError(
+                        f"{archive}: member {member.name!r} is a device or pipe; the archive is refused and "
+                        "nothing was extracted from it. An image archive holds files only: download it again."
+                    )
+            if flatten:
+                members = [
+                    member.replace(name=PurePosixPath(member.name).name)
+                    for member in members
+                    if member.isfile()
+                ]
+            files = [member for member in members if member.isfile()]
+            # The "data" filter (PEP 706) refuses the same members again, as a second line of defence.
+            tarred.extractall(
+                into,
+                members=tqdm(members, desc=f"extract {archive.name}", unit="member", leave=False),
+                filter="data",
+            )
+        return len(files)
+    raise DownloadError(
+        f"{archive} is neither a zip nor a tar archive (an error page saved as a file?): delete it and run again"
+    )
+
+
+# -- Converted entries ---------------------------------------------------------------------------------------
+
+
+def write_entries(path: Path, entries: Iterable[dict]) -> int:
+    """Stream `entries` into a JSON array at `path` (written whole, then renamed); return how many."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".part")
+    count = 0
+    try:
+        with open(partial, "w") as out:
+            out.write("[")
+            for entry in entries:
+                out.write(("," if count else "") + "\n" + json.dumps(entry, ensure_ascii=False))
+                count += 1
+            out.write("\n]\n")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
+    return count
+
+
+def converted_path(data_root: Path, output: str) -> Path:
+    """Where a source's conversion `output` goes: data/jsons/sources/<output>.json."""
+    return data_root / "jsons" / "sources" / f"{output}.json"
+
+
+# -- One source, end to end ----------------------------------------------------------------------------------
+
+
+def marker_path(source: Source, data_root: Path) -> Path:
+    return data_root / source.folder / f".{source.name}.done"
+
+
+def source_module(name: str):
+    """`cumo.data.sources.<name>` when the source needs code (conversion, extra fetching), else None."""
+    module = f"cumo.data.sources.{name}"
+    return importlib.import_module(module) if importlib.util.find_spec(module) else None
+
+
+@contextmanager
+def _exclusive(lock: Path):
+    """One process at a time per source: two runs (two Snakemake jobs, a user and a job) never share a .part."""
+    with open(lock, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _announce_unknown(path: Path, digest: str) -> None:
+    tqdm.write(f"{path}: sha256 {digest} (not declared yet: put `sha256: {digest}` in config/sources.yaml)")
+
+
+def download_source(source: Source, data_root: str | Path) -> dict:
+    """Fetch, verify, extract and convert one source into the data tree; return its marker's record.
+
+    Order: files placed by hand and tokens for gated repos are checked first (stop with instructions
+    before anything is fetched); then Hub repos, web files, extraction (checking `expect`), the source
+    module's `fetch` and `convert`; the marker is written last. With the marker present, nothing is done.
+    """
+    data_root = Path(data_root)
+    folder = data_root / source.folder
+    marker = marker_path(source, data_root)
+    if marker.is_file():
+        tqdm.write(f"{source.name}: done already ({marker})")
+        return json.loads(marker.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder / f".{source.name}.lock"):
+        if marker.is_file():  # another process finished it while this one waited
+            return json.loads(marker.read_text())
+        files = check_manual(source, folder)
+        check_tokens(source, folder)
+        hub = [fetch_hub(repo, folder / repo.into) for repo in source.hub]
+        for item in source.web:
+            files[item.file] = fetch_url(item.url, folder / item.file, item.sha256)
+        declared = {item.file: item.sha256 for item in (*source.web, *source.manual)}
+        for name, digest in files.items():
+            if declared[name] is None:
+                _announce_unknown(folder / name, digest)
+        extracted = {}
+        for step in source.extract:
+            archives = sorted(folder.glob(step.archive))
+            if not archives:
+                raise DownloadError(
+                    f"{source.name}: no file matches extract archive {step.archive!r} in {folder}; "
+                    "fix extract in config/sources.yaml"
+                )
+            for archive in archives:
+                extracted[archive.relative_to(folder).as_posix()] = extract_archive(
+                    archive, folder / step.into, flatten=step.flatten
+                )
+            for path in step.expect:
+                if not (folder / path).exists():
+                    raise DownloadError(
+                        f"{source.name}: extracting {step.archive} did not produce {folder / path}, the folder "
+                        "CuMo's JSONs refer to: the archive's layout differs. Look inside it and fix extract "
+                        f"of {source.name} in config/sources.yaml."
+                    )
+        record = {
+            "source": source.name,
+            "page": source.page,
+            "hub": hub,
+            "sha256": files,
+            "extracted": extracted,
+        }
+        module = source_module(source.name)
+        if hasattr(module, "fetch"):
+            record["fetched"] = module.fetch(folder).to_dict()
+        if hasattr(module, "convert"):
+            record["converted"] = {
+                output: write_entries(converted_path(data_root, output), entries)
+                for output, entries in module.convert(data_root, source.folder).items()
+            }
+        record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        _write_atomic(marker, json.dumps(record, indent=2) + "\n")
+    tqdm.write(f"{source.name}: done ({marker})")
+    return record
+
+
+def download(
+    names: Iterable[str], data_root: str | Path, config: str | Path = "config/sources.yaml"
+) -> list[dict]:
+    """Download the named sources and the sources they require (requirements first) into `data_root`.
+
+    `config` declares the sources (see config/sources.yaml); sources already done are skipped. Returns
+    every source's marker record.
+    """
+    sources = load_sources(config)
+    return [download_source(source, data_root) for source in plan(names, sources)]
