@@ -19,6 +19,8 @@ def test_help_lists_every_step():
 def test_demo_upcycles_answers_and_saves_a_loadable_model(tmp_path, capsys):
     main(["demo", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["sft_mixture"].endswith("skipped 0 of 3000 (none)")
+    assert len(report["benchmarks"]) == 13
     assert report["upcycle_max_abs_logit_diff"] < 1e-5
     assert report["parameters"]["moe"] > report["parameters"]["dense"]
     assert len(report["answers"]["moe"]) == len(report["questions"]) == 2
