@@ -63,6 +63,52 @@ def mixture(args) -> None:
     print(stats["summary"])
 
 
+def train(args) -> None:
+    """Train one stage (pretrain, pft, sft) in this process; run it under `cumo launch` (or torchrun, srun)."""
+    from cumo.train.trainer import train as train_stage
+
+    train_stage(
+        args.stage,
+        args.preset,
+        args.data,
+        args.out,
+        args.checkpoints,
+        data_root=args.data_root,
+        previous_output_dir=args.previous,
+        save_every=args.save_every,
+        keep=args.keep,
+        num_workers=args.workers,
+    )
+
+
+def launch(args) -> None:
+    """Run `cumo train ...` distributed: ranks on this machine (torchrun), or one task per GPU on Slurm nodes
+    (srun, inside the allocation). The batch plan and the DeepSpeed config are checked before anything starts."""
+    import os
+
+    from cumo.train.batching import plan_batch
+    from cumo.train.deepspeed_config import load_deepspeed_config
+    from cumo.train.launch import local_command, srun_command
+    from cumo.train.stages import stage_config
+    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    train_args = build_parser().parse_args(command)
+    if train_args.step != "train":
+        raise ValueError(f"cumo launch runs `cumo train ...`, got `cumo {' '.join(command)}`")
+    stage = stage_config(train_args.stage, train_args.preset)
+    world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
+    print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
+    load_deepspeed_config(DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json")
+    if args.nodes > 1:
+        argv, env = srun_command(
+            command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
+        )
+    else:
+        argv, env = local_command(command, num_processes=args.processes, device=args.device)
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+
+
 def upcycle(args) -> None:
     """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
     from cumo.model.upcycle import upcycle_directory
@@ -117,6 +163,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--verify-images", action="store_true", help="also decode every image (parallel)")
     sub.add_argument("--max-skipped-share", type=float, default=0.001, help="fail above this share of drops")
+
+    sub = add("train", train)
+    sub.add_argument("--stage", required=True, choices=["pretrain", "pft", "sft"], help="which stage")
+    sub.add_argument(
+        "--preset", required=True, help="model preset: tiny, tiny-mixtral, cumo-mistral-7b, cumo-mixtral-8x7b"
+    )
+    sub.add_argument(
+        "--data", required=True, type=Path, help="the stage's mixture (Arrow from `cumo mixture`, or JSON)"
+    )
+    sub.add_argument("--data-root", required=True, type=Path, help="the data tree the image paths are under")
+    sub.add_argument("--out", required=True, type=Path, help="where the finished stage's model is exported")
+    sub.add_argument("--checkpoints", required=True, type=Path, help="resumable state (kept outside --out)")
+    sub.add_argument("--previous", type=Path, help="the previous stage's --out (pft, sft)")
+    sub.add_argument("--save-every", type=int, default=500, help="optimizer steps between checkpoints")
+    sub.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
+    sub.add_argument("--workers", type=int, default=4, help="data loader workers per rank")
+
+    sub = add("launch", launch)
+    sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (more than 1: srun, one task per GPU)")
+    sub.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (with --nodes > 1)")
+    sub.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (with --nodes > 1)")
+    sub.add_argument("--processes", type=int, default=2, help="ranks on this machine (one node)")
+    sub.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="accelerator of the ranks")
+    sub.add_argument(
+        "command", nargs=argparse.REMAINDER, help="-- train --stage ... (the cumo train command)"
+    )
 
     sub = add("upcycle", upcycle)
     sub.add_argument(

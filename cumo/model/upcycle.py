@@ -26,13 +26,14 @@ def upcycle(dense: CumoForConditionalGeneration) -> CumoForConditionalGeneration
     config = CumoConfig.from_dict(
         {**dense.config.to_dict(), "clip_moe": True, "projector_type": "smoe_mlp"},
         attn_implementation=dense.config._attn_implementation,
-        experts_implementation=dense.config.text_config._experts_implementation,
     )
 
     # Built on the meta device and filled from the dense model: no time spent on a random init of 8B weights.
     parameter = next(dense.parameters())
     with torch.device("meta"):
         moe = CumoForConditionalGeneration(config).to(parameter.dtype)
+    # A Mixtral LLM keeps the experts kernel the dense model ran with (grouped_mm, or eager for float64).
+    moe.model.language_model.set_experts_implementation(dense.config.text_config._experts_implementation)
     moe.to_empty(device=parameter.device)
 
     dense_tensors = dict(dense.named_parameters()) | dict(dense.named_buffers())

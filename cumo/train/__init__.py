@@ -1,0 +1,1 @@
+"""Training: stages, the DeepSpeed trainer, launch, checkpoints and preemption."""

@@ -1,0 +1,320 @@
+"""The three training stages as data, and the model each one starts from.
+
+Defaults are CuMo's training scripts (https://github.com/SHI-Labs/CuMo/tree/main/scripts/cumo), written on
+8 GPUs as per-device batch x gradient accumulation; the global batch is what a stage states here, so a run
+on another number of GPUs trains the same recipe (the accumulation is derived from the ranks at hand):
+
+    stage     trains                          template                 ZeRO            lr    global  max len
+    pretrain  connector (tune_mm_mlp_adapter)  plain                    zero2 (a)       1e-3  256     2048
+    pft       CLIP, connector, LLM (--pft)     mistral_instruct_system  zero3 (b)       2e-6  64      4096
+    sft       all, CLIP MLPs + connector MoE   mistral_instruct_system  zero3_offload   4e-6  64      4096
+                                                                                        (Mixtral 2e-6, 32)
+
+(a) zero3 for Mixtral (pretrain_mixtral_8x7b.sh); (b) zero3_offload for Mixtral (pft_mixtral_8x7b.sh).
+Every stage: 1 epoch, warm-up ratio 0.03, cosine schedule, weight decay 0; pft and sft group batches by
+modality (`--group_by_modality_length True`). Per-device batches: pretrain 32, pft 4, sft 4 (Mixtral 2).
+
+`prepare_model` builds what a stage trains: pretrain the dense model from the preset (CLIP ViT-L/14-336 and
+Mistral/Mixtral weights for the paper's presets, a random init and the shapes-world tokenizer for the tiny
+ones); pft the pretrain output; sft the pft output co-upcycled (CuMo section 3.2). Parameters the stage does
+not train are frozen.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+
+import cumo.model  # noqa: F401  (registers CumoConfig with the Auto classes, for from_pretrained)
+from cumo.data.conversation import TEMPLATES
+from cumo.data.synthetic import build_tokenizer
+from cumo.model.modeling_cumo import CumoForConditionalGeneration
+from cumo.model.presets import PRESETS, build_config
+from cumo.model.processing_cumo import CumoProcessor, add_image_token
+from cumo.model.upcycle import upcycle
+from cumo.train.checkpoint import FINISHED, is_finished
+
+STAGES = ("pretrain", "pft", "sft")
+PREVIOUS = {"pretrain": None, "pft": "pretrain", "sft": "pft"}
+ZERO_CONFIGS = ("zero2", "zero3", "zero3_offload")  # config/deepspeed/<name>.json
+SCHEDULERS = ("cosine",)
+# The model's parts, by the module prefixes of their parameters.
+PARTS = {
+    "vision": ("model.vision_tower.",),
+    "connector": ("model.mm_projector.",),
+    "llm": ("model.language_model.", "lm_head."),
+}
+
+# Where the paper's presets load their pretrained weights from (CuMo's --vision_tower, --model_name_or_path).
+CLIP_SOURCE = "openai/clip-vit-large-patch14-336"
+LLM_SOURCES = {
+    "cumo-mistral-7b": "mistralai/Mistral-7B-Instruct-v0.2",
+    "cumo-mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+}
+TINY_PRESETS = ("tiny", "tiny-mixtral")
+
+
+class MissingPredecessor(FileNotFoundError):
+    """A stage was started without the finished output of the stage before it."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Everything that defines how one stage trains; checked when built, saved with its output."""
+
+    name: str
+    trainable: tuple[str, ...]  # keys of PARTS
+    upcycle: bool  # co-upcycle the previous stage's dense model into the MoE model first
+    template: str
+    zero: str
+    learning_rate: float
+    global_batch_size: int  # samples per optimiser step over all ranks
+    micro_batch_size: int  # samples per forward pass on one rank
+    max_length: int
+    group_by_modality: bool
+    epochs: int = 1
+    warmup_ratio: float = 0.03
+    lr_scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        def fail(message):
+            raise ValueError(f"stage {self.name!r}: {message}")
+
+        if self.name not in STAGES:
+            fail(f"unknown stage; use one of {STAGES}")
+        if not self.trainable or set(self.trainable) - set(PARTS):
+            fail(f"trainable={self.trainable} must name some of {tuple(PARTS)}")
+        if self.template not in TEMPLATES:
+            fail(f"template={self.template!r} is unknown; use one of {sorted(TEMPLATES)}")
+        if self.zero not in ZERO_CONFIGS:
+            fail(f"zero={self.zero!r} is unknown; use one of {ZERO_CONFIGS}")
+        if self.lr_scheduler not in SCHEDULERS:
+            fail(f"lr_scheduler={self.lr_scheduler!r}; only {SCHEDULERS} is implemented (CuMo's)")
+        if not self.learning_rate > 0 or self.weight_decay < 0:
+            fail(f"learning_rate={self.learning_rate} must be > 0 and weight_decay={self.weight_decay} >= 0")
+        if self.micro_batch_size < 1 or self.global_batch_size % self.micro_batch_size:
+            fail(
+                f"global_batch_size={self.global_batch_size} is not a multiple of micro_batch_size="
+                f"{self.micro_batch_size}; pick a global batch of micro-batches (CuMo: 256 = 8 GPUs x 32)"
+            )
+        if self.max_length < 1 or self.epochs < 1 or not 0 <= self.warmup_ratio < 1:
+            fail(
+                f"need max_length >= 1, epochs >= 1 and 0 <= warmup_ratio < 1; got {self.max_length}, "
+                f"{self.epochs}, {self.warmup_ratio}"
+            )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# CuMo's scripts for Mistral-7B (scripts/cumo/mistral_7b/*_mistral_7b.sh).
+MISTRAL_RECIPE = {
+    "pretrain": StageConfig(
+        name="pretrain",
+        trainable=("connector",),
+        upcycle=False,
+        template="plain",
+        zero="zero2",
+        learning_rate=1e-3,
+        global_batch_size=256,  # 8 GPUs x 32 x 1
+        micro_batch_size=32,
+        max_length=2048,
+        group_by_modality=False,
+    ),
+    "pft": StageConfig(
+        name="pft",
+        trainable=("vision", "connector", "llm"),
+        upcycle=False,
+        template="mistral_instruct_system",
+        zero="zero3",
+        learning_rate=2e-6,
+        global_batch_size=64,  # 8 GPUs x 4 x 2
+        micro_batch_size=4,
+        max_length=4096,
+        group_by_modality=True,
+    ),
+    "sft": StageConfig(
+        name="sft",
+        trainable=("vision", "connector", "llm"),
+        upcycle=True,
+        template="mistral_instruct_system",
+        zero="zero3_offload",
+        learning_rate=4e-6,
+        global_batch_size=64,  # 8 GPUs x 4 x 2
+        micro_batch_size=4,
+        max_length=4096,
+        group_by_modality=True,
+    ),
+}
+
+# scripts/cumo/mixtral_8x7b/*_mixtral_8x7b.sh: what differs from Mistral's.
+MIXTRAL_RECIPE = {
+    "pretrain": dataclasses.replace(MISTRAL_RECIPE["pretrain"], zero="zero3"),
+    "pft": dataclasses.replace(MISTRAL_RECIPE["pft"], zero="zero3_offload"),
+    "sft": dataclasses.replace(
+        MISTRAL_RECIPE["sft"], learning_rate=2e-6, global_batch_size=32, micro_batch_size=2
+    ),  # 8 GPUs x 2 x 2
+}
+
+# The tiny presets on the shapes world, 2 CPU ranks: the paper's stages with batches and learning rates that
+# make a random init learn in a minute or two per stage (measured, see tests/test_trainer.py). Two changes:
+# - pretrain also trains the LLM. The paper's LLM comes pretrained (Mistral); the tiny one is random, and a
+#   connector feeding a frozen random LLM leaves the loss at chance (measured: 6.87 -> 6.73 over 125 steps,
+#   ln(1024) = 6.93), so nothing downstream would start from a model that reads anything.
+# - no offload: there is no accelerator memory to relieve, so sft runs ZeRO-3 as pft does.
+TINY_RECIPE = {
+    "pretrain": dataclasses.replace(
+        MISTRAL_RECIPE["pretrain"],
+        trainable=("connector", "llm"),
+        learning_rate=3e-3,
+        global_batch_size=16,
+        micro_batch_size=8,
+        max_length=512,
+    ),
+    "pft": dataclasses.replace(
+        MISTRAL_RECIPE["pft"], learning_rate=3e-3, global_batch_size=16, micro_batch_size=4, max_length=512
+    ),
+    "sft": dataclasses.replace(
+        MISTRAL_RECIPE["sft"],
+        zero="zero3",
+        learning_rate=3e-3,
+        global_batch_size=16,
+        micro_batch_size=4,
+        max_length=512,
+    ),
+}
+
+RECIPES = {
+    "tiny": TINY_RECIPE,
+    "tiny-mixtral": TINY_RECIPE,
+    "cumo-mistral-7b": MISTRAL_RECIPE,
+    "cumo-mixtral-8x7b": MIXTRAL_RECIPE,
+}
+
+
+def stage_config(stage: str, preset: str, **overrides) -> StageConfig:
+    """The preset's recipe for `stage`, with `overrides` (field=value) applied and checked."""
+    if preset not in RECIPES:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(RECIPES)}")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {STAGES}")
+    unknown = set(overrides) - {field.name for field in dataclasses.fields(StageConfig)}
+    if unknown:
+        known = [field.name for field in dataclasses.fields(StageConfig)]
+        raise ValueError(f"unknown stage field(s) {sorted(unknown)}; known: {known}")
+    return dataclasses.replace(RECIPES[preset][stage], **overrides)
+
+
+def prepare_model(
+    stage: StageConfig,
+    previous_output_dir: str | Path | None,
+    preset: str,
+    sources: dict[str, str] | None = None,
+) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
+    """The model `stage` trains (in train mode, untrained parts frozen) and its processor.
+
+    `previous_output_dir`: the finished output of the stage before (pft, sft); unused by pretrain.
+    `sources` (pretrain of the paper's presets): {"clip": ..., "llm": ...} Hub ids or local directories,
+    by default CLIP_SOURCE and LLM_SOURCES[preset]. Raises `MissingPredecessor` before any compute when the
+    previous stage's output is absent or unfinished.
+    """
+    if PREVIOUS[stage.name] is None:
+        model, processor = _pretrain_start(preset, sources or {})
+    else:
+        model, processor = _load_previous(stage.name, previous_output_dir, preset)
+        if stage.upcycle:
+            model = upcycle(model)
+            processor = CumoProcessor(processor.tokenizer, model.config)
+    model.config.conversation_template = stage.template
+    freeze_untrained(model, stage.trainable)
+    return model.train(), processor
+
+
+def require_previous(stage: str, directory: str | Path | None, preset: str) -> None:
+    """Raise `MissingPredecessor`, naming what makes it, unless `directory` holds the finished stage before."""
+    previous = PREVIOUS[stage]
+    if previous is None or (directory is not None and is_finished(directory)):
+        return
+    where = "no directory was given" if directory is None else f"{Path(directory) / FINISHED} does not exist"
+    raise MissingPredecessor(
+        f"stage {stage} starts from the finished {previous} stage, but {where}. Train it first: "
+        f"`cumo train --stage {previous} --preset {preset} --data <{previous} mixture> --out <dir> ...` "
+        f"(the workflow's train rule for stage {previous}), then pass `--previous <dir>` to {stage}."
+    )
+
+
+def _load_previous(
+    name: str, directory: str | Path | None, preset: str
+) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
+    require_previous(name, directory, preset)
+    model = CumoForConditionalGeneration.from_pretrained(directory, dtype="auto")
+    return model, CumoProcessor.from_pretrained(directory, model.config)
+
+
+def _pretrain_start(
+    preset: str, sources: dict[str, str]
+) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
+    """The dense model pretrain starts from: tiny = random init; the paper's = CLIP + LLM weights."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
+    if preset in TINY_PRESETS:
+        config = build_config(preset, moe=False, conversation_template="plain")
+        return CumoForConditionalGeneration(config), CumoProcessor(build_tokenizer(), config)
+
+    # As LLaVA's train.py: the towers' own configs come with their weights; the preset adds CuMo's fields.
+    clip_source = sources.get("clip", CLIP_SOURCE)
+    llm_source = sources.get("llm", LLM_SOURCES[preset])
+    clip = CLIPVisionModel.from_pretrained(clip_source, dtype=torch.float32)
+    llm = AutoModelForCausalLM.from_pretrained(llm_source, dtype=torch.float32)
+    config = build_config(
+        preset,
+        moe=False,
+        conversation_template="plain",
+        vision_config=clip.config,
+        text_config=llm.config,
+    )
+    # Built empty and filled from the pretrained models: no time spent on a random init of 8B weights;
+    # only the connector, which pretrain learns from scratch, is initialised.
+    with torch.device("meta"):
+        model = CumoForConditionalGeneration(config)
+    model.to_empty(device="cpu")
+    # CuMo's tower has no post-layernorm (features come from hidden state -2), so CLIP's is left out.
+    _copy_exactly(model.model.vision_tower.vision_model, clip, clip_source, skip="post_layernorm.")
+    _copy_exactly(model.model.language_model, llm.model, llm_source)
+    _copy_exactly(model.lm_head, llm.lm_head, llm_source)
+    model.model.mm_projector.apply(model._init_weights)
+    tokenizer = AutoTokenizer.from_pretrained(llm_source, use_fast=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # CuMo pads with <unk> (cumo/train/train.py)
+    add_image_token(tokenizer, model)
+    return model, CumoProcessor(tokenizer, model.config)
+
+
+def _copy_exactly(target: torch.nn.Module, source: torch.nn.Module, name: str, skip: str = "") -> None:
+    """Copy every parameter and buffer of `source` into `target`, whose tensors must be exactly those."""
+    tensors = dict(source.named_parameters()) | dict(source.named_buffers())
+    tensors = {key: tensor for key, tensor in tensors.items() if not (skip and key.startswith(skip))}
+    targets = dict(target.named_parameters()) | dict(target.named_buffers())
+    if tensors.keys() != targets.keys():
+        raise ValueError(
+            f"{name} does not fit the preset's {type(target).__name__}: missing "
+            f"{sorted(targets.keys() - tensors.keys())[:5]}, unexpected {sorted(tensors.keys() - targets.keys())[:5]}; "
+            "check that the pretrained model is the preset's architecture"
+        )
+    with torch.no_grad():
+        for key, tensor in targets.items():
+            tensor.copy_(tensors[key])
+
+
+def freeze_untrained(model: torch.nn.Module, trainable: tuple[str, ...]) -> None:
+    """requires_grad on the parameters of the `trainable` parts only; every parameter must belong to a part."""
+    prefixes = tuple(prefix for part in trainable for prefix in PARTS[part])
+    every_prefix = tuple(prefix for prefixes_ in PARTS.values() for prefix in prefixes_)
+    for name, parameter in model.named_parameters():
+        if not name.startswith(every_prefix):
+            raise ValueError(f"parameter {name} belongs to none of the parts {PARTS}: add its prefix there")
+        parameter.requires_grad_(name.startswith(prefixes))

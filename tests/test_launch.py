@@ -1,0 +1,179 @@
+"""Launch commands and process environments (cumo/train/launch.py), without Slurm or GPUs."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cumo.train.launch import (
+    RANKS_FROM,
+    LaunchError,
+    distributed_env_from_slurm,
+    init_process_env,
+    local_command,
+    master_port,
+    read_ranks,
+    srun_command,
+)
+
+TRAIN = ["train", "--stage", "sft", "--config", "config/config.yaml"]
+
+
+def fake_scontrol(expected_nodelist, hosts):
+    """`scontrol show hostnames` for one nodelist; any other nodelist is a test failure."""
+
+    def hostnames(nodelist):
+        assert nodelist == expected_nodelist
+        return hosts
+
+    return hostnames
+
+
+def slurm_task(procid, localid, ntasks, nodelist, job_id="4242"):
+    """The variables srun gives one task (srun man page, OUTPUT ENVIRONMENT VARIABLES)."""
+    return {
+        "SLURM_PROCID": str(procid),
+        "SLURM_LOCALID": str(localid),
+        "SLURM_NTASKS": str(ntasks),
+        "SLURM_JOB_NODELIST": nodelist,
+        "SLURM_JOB_ID": job_id,
+    }
+
+
+def test_one_node_of_8_gpus_runs_torchrun_over_them():
+    argv, env = local_command(TRAIN, num_processes=8, device="cuda")
+    assert argv == [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=8",
+        "-m",
+        "cumo",
+        *TRAIN,
+    ]
+    assert env == {"DS_ACCELERATOR": "cuda"}
+
+
+def test_tiny_preset_runs_2_ranks_on_deepspeeds_cpu_accelerator():
+    argv, env = local_command(TRAIN, num_processes=2, device="cpu")
+    assert "--nproc-per-node=2" in argv
+    assert env == {"DS_ACCELERATOR": "cpu"}
+
+
+@pytest.mark.slow
+def test_torchrun_starts_2_cpu_ranks_that_read_consistent_ranks(tmp_path):
+    # The launcher part of the argv, with a script in place of `-m cumo ...`, run for real.
+    argv, env = local_command(TRAIN, num_processes=2, device="cpu")
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os\n"
+        "from cumo.train.launch import read_ranks\n"
+        "print('ranks', *read_ranks(os.environ), os.environ['DS_ACCELERATOR'], flush=True)\n"
+    )
+    launcher = argv[: argv.index("-m", 3)]
+    result = subprocess.run(
+        [*launcher, str(script)], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("ranks"))
+    assert lines == ["ranks 0 0 2 cpu", "ranks 1 1 2 cpu"]
+
+
+@pytest.mark.parametrize(
+    "bad", [{"num_processes": 0, "device": "cpu"}, {"num_processes": 2, "device": "tpu"}]
+)
+def test_local_command_refuses_nonsense(bad):
+    with pytest.raises(LaunchError):
+        local_command(TRAIN, **bad)
+
+
+def test_4_nodes_of_8_gpus_start_one_srun_task_per_gpu():
+    argv, env = srun_command(TRAIN, nodes=4, gpus_per_node=8, cpus_per_task=12)
+    assert argv == [
+        "srun",
+        "--nodes=4",
+        "--ntasks-per-node=8",
+        "--gpus-per-node=8",
+        "--cpus-per-task=12",
+        "--kill-on-bad-exit=1",
+        sys.executable,
+        "-m",
+        "cumo",
+        *TRAIN,
+    ]
+    assert env == {"DS_ACCELERATOR": "cuda", RANKS_FROM: "slurm"}
+
+
+def test_task_13_of_4x8_is_rank_13_local_rank_5_on_the_second_node():
+    environ = slurm_task(procid=13, localid=5, ntasks=32, nodelist="gpu[01-04]")
+    env = distributed_env_from_slurm(
+        environ, fake_scontrol("gpu[01-04]", ["gpu01", "gpu02", "gpu03", "gpu04"])
+    )
+    assert env == {
+        "RANK": "13",
+        "LOCAL_RANK": "5",
+        "WORLD_SIZE": "32",
+        "MASTER_ADDR": "gpu01",
+        "MASTER_PORT": str(15000 + 4242),
+    }
+
+
+@pytest.mark.parametrize("procid", range(8))
+def test_every_task_of_1x8_meets_on_the_one_node(procid):
+    environ = slurm_task(procid=procid, localid=procid, ntasks=8, nodelist="gpu07")
+    env = distributed_env_from_slurm(environ, fake_scontrol("gpu07", ["gpu07"]))
+    assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == (str(procid), str(procid), "8")
+    assert (env["MASTER_ADDR"], env["MASTER_PORT"]) == ("gpu07", "19242")
+
+
+def test_outside_slurm_the_missing_variables_are_named():
+    with pytest.raises(LaunchError, match="SLURM_JOB_NODELIST, SLURM_JOB_ID not set"):
+        distributed_env_from_slurm({"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "1"})
+
+
+def test_port_is_the_same_for_every_task_and_in_the_safe_range():
+    assert master_port("123456789") == 15000 + 6789
+    assert all(15000 <= master_port(str(job)) < 25000 for job in (0, 9999, 10000, 31337, 2**40))
+    with pytest.raises(LaunchError, match="SLURM_JOB_ID"):
+        master_port("12_3")
+
+
+def test_init_process_env_maps_slurm_for_an_srun_task_only():
+    task = {**slurm_task(procid=13, localid=5, ntasks=32, nodelist="gpu[01-04]"), RANKS_FROM: "slurm"}
+    assert init_process_env(task, fake_scontrol("gpu[01-04]", ["gpu01", "gpu02"])) == (13, 5, 32)
+    assert (task["RANK"], task["MASTER_ADDR"]) == ("13", "gpu01")
+    # A shell inside salloc has Slurm's variables too, but srun_command did not start it: one process.
+    shell = slurm_task(procid=0, localid=0, ntasks=32, nodelist="gpu[01-04]")
+    assert init_process_env(shell, fake_scontrol("never", [])) == (0, 0, 1)
+    assert "RANK" not in shell
+
+
+def test_read_ranks_under_torchrun():
+    environ = {
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "4",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29400",
+    }
+    assert read_ranks(environ) == (3, 1, 4)
+    assert read_ranks({}) == (0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "LOCAL_RANK not"),
+        ({"RANK": "a", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "must be an integer"),
+        ({"RANK": "4", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}, "0 <= RANK < WORLD_SIZE"),
+        ({"RANK": "1", "LOCAL_RANK": "-1", "WORLD_SIZE": "4"}, "0 <= LOCAL_RANK"),
+        ({"RANK": "3", "LOCAL_RANK": "2", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}, "LOCAL_WORLD_SIZE=2"),
+        ({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h"}, "MASTER_PORT not set"),
+    ],
+)
+def test_inconsistent_rank_variables_are_refused(environ, message):
+    with pytest.raises(LaunchError, match=message):
+        read_ranks(environ)

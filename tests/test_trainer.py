@@ -1,0 +1,213 @@
+"""The DeepSpeed training loop on CPU: one rank, then two (ZeRO-2, then ZeRO-3), on the shapes world.
+
+Each run is a subprocess (DeepSpeed's process group lives for the process): `python` with RANK=0 and
+WORLD_SIZE=1 for one rank, `torchrun --nproc_per_node 2` for two, running tests/train_scripts/trainer_run.py.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cumo.data.mixture import build_mixture
+from cumo.data.synthetic import write_world
+from cumo.model.modeling_cumo import CumoForConditionalGeneration
+from cumo.train.checkpoint import EXIT_PREEMPTED, FINISHED
+from cumo.train.stages import MissingPredecessor
+from cumo.train.trainer import _forward, train
+from tests.factories import make_batch, make_model
+
+SCRIPT = Path(__file__).parent / "train_scripts" / "trainer_run.py"
+SIZES = {"pretrain": 512, "pft": 256, "sft": 512}  # 32, 16 and 32 steps of the tiny recipe's global batch 16
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(ranks: int, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run trainer_run.py with `kwargs` (as JSON) on `ranks` CPU ranks; fails the test on a timeout."""
+    port = free_port()
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    args = [f"{key}={json.dumps(value)}" for key, value in kwargs.items()]
+    if ranks == 1:
+        env |= {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        command = [sys.executable, str(SCRIPT), *args]
+    else:
+        torchrun = Path(sys.executable).with_name("torchrun")
+        command = [str(torchrun), f"--nproc_per_node={ranks}", f"--master_port={port}", str(SCRIPT), *args]
+    try:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"training did not finish in {timeout} s (a hang?): {str(error.stderr)[-3000:]}")
+
+
+def succeeded(run: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert run.returncode == 0, run.stderr[-5000:]
+    return run
+
+
+def losses(metrics: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in metrics.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    """The shapes world (SIZES entries per stage) with each stage's Arrow mixture next to its JSON."""
+    root = tmp_path_factory.mktemp("world")
+    paths = write_world(root, sizes=SIZES)
+    for stage in SIZES:
+        build_mixture([paths[stage]], root / f"{stage}.arrow", root / f"{stage}.stats.json", root)
+    return root
+
+
+def stage_args(world: Path, runs: Path, stage: str, previous: str | None = None, **extra) -> dict:
+    return {
+        "stage": stage,
+        "preset": "tiny",
+        "data": str(world / f"{stage}.arrow"),
+        "data_root": str(world),
+        "output_dir": str(runs / "out" / stage),
+        "checkpoint_dir": str(runs / "checkpoints" / stage),
+        "previous_output_dir": str(runs / "out" / previous) if previous else None,
+        "num_workers": 0,
+        **extra,
+    }
+
+
+def test_one_rank_preempted_and_resumed_trains_as_an_uninterrupted_run(world, tmp_path):
+    """SIGTERM's path (save at a step boundary, exit EXIT_PREEMPTED), then a rerun resumes: same losses at every
+    step and same final weights as a run never stopped; a rerun of the finished stage trains nothing."""
+    whole = stage_args(world, tmp_path / "whole", "pretrain", save_every=1000)
+    succeeded(launch(1, **whole))
+
+    cut = stage_args(world, tmp_path / "cut", "pretrain", save_every=1000)
+    stopped = launch(1, **cut, preempt_at_step=13)
+    assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
+    assert not (Path(cut["output_dir"]) / FINISHED).exists()
+    succeeded(launch(1, **cut))
+
+    expected, resumed = Path(whole["output_dir"]), Path(cut["output_dir"])
+    assert losses(resumed / "metrics.jsonl") == pytest.approx(losses(expected / "metrics.jsonl"), rel=1e-6)
+    expected_weights, resumed_weights = (load_file(d / "model.safetensors") for d in (expected, resumed))
+    for name, tensor in expected_weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, msg=name)
+
+    metadata = json.loads((resumed / FINISHED).read_text())
+    assert metadata["world_size"] == 1 and metadata["steps"] == 32 and metadata["stage"]["name"] == "pretrain"
+    assert {"git_commit", "mixture_sha256", "packages", "wall_time_s", "deepspeed_config"} <= metadata.keys()
+    rerun = succeeded(launch(1, **cut))
+    assert "not training it again" in rerun.stderr
+    assert json.loads((resumed / FINISHED).read_text()) == metadata
+
+
+@pytest.fixture(scope="module")
+def three_stages(world, tmp_path_factory) -> tuple[Path, dict]:
+    """pretrain (ZeRO-2), pft and sft (ZeRO-3) in sequence on 2 ranks; their outputs and wall times."""
+    runs = tmp_path_factory.mktemp("runs")
+    seconds, previous = {}, None
+    for stage in SIZES:
+        started = time.monotonic()
+        succeeded(launch(2, **stage_args(world, runs, stage, previous, save_every=1000)))
+        seconds[stage] = time.monotonic() - started
+        previous = stage
+    return runs, seconds
+
+
+@pytest.mark.parametrize("stage", list(SIZES))
+def test_the_tiny_preset_learns_in_every_stage_on_two_ranks(three_stages, stage):
+    runs, seconds = three_stages
+    output = runs / "out" / stage
+    curve = losses(output / "metrics.jsonl")
+    window = len(curve) // 5
+    first, last = sum(curve[:window]) / window, sum(curve[-window:]) / window
+    # Measured (2 CPU ranks): pretrain 6.46 -> 2.96, pft 7.08 -> 4.55, sft 5.15 -> 2.69.
+    print(f"{stage}: loss {first:.3f} -> {last:.3f} in {seconds[stage]:.0f} s")
+    assert last < 0.8 * first, f"{stage}: loss {first:.3f} -> {last:.3f}"
+
+    metadata = json.loads((output / FINISHED).read_text())
+    assert metadata["world_size"] == 2
+    assert metadata["deepspeed_config"]["zero_optimization"]["stage"] == (2 if stage == "pretrain" else 3)
+    record = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
+    if stage == "sft":  # the MoE stage logs its aux losses and the load of every expert of every layer
+        assert {
+            "clip_balance_loss",
+            "clip_router_z_loss",
+            "mlp_balance_loss",
+            "mlp_router_z_loss",
+        } <= record.keys()
+        assert torch.tensor(record["clip_tokens_per_expert"]).shape == (2, 4)
+        assert len(record["mlp_tokens_per_expert"]) == 4
+    assert "model.safetensors" in metadata["files"] and "tokenizer.json" in metadata["files"]
+    # The export holds every weight (under ZeRO-3 they are gathered from the ranks' shards).
+    _, loading = CumoForConditionalGeneration.from_pretrained(output, output_loading_info=True)
+    assert not any(loading.values()), loading
+
+
+def test_zero3_step_completes_when_a_rank_sends_no_token_to_an_expert(world, three_stages, tmp_path):
+    """Rank 1's connector router never picks its last expert; rank 0's does: the sft steps still complete."""
+    runs, _ = three_stages
+    args = stage_args(world, tmp_path, "sft", save_every=1000)
+    args["previous_output_dir"] = str(runs / "out" / "pft")
+    succeeded(launch(2, timeout=180, **args, bias_router_on_rank=1))
+    loads = {
+        rank: json.loads((tmp_path / "checkpoints" / "sft" / f"expert-load-rank{rank}.json").read_text())
+        for rank in (0, 1)
+    }
+    assert all(load[-1] == 0 for load in loads[1]) and len(loads[1]) > 10
+    assert sum(load[-1] for load in loads[0]) > 0
+
+
+class ModelAsEngine(torch.nn.Module):
+    """What `_forward` uses of a DeepSpeed engine: calling it, `.module`, `.device`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.module, self.device = model, torch.device("cpu")
+
+    def forward(self, **batch):
+        return self.module(**batch)
+
+
+def test_a_text_only_batch_runs_the_vision_tower_on_a_blank_image_without_changing_the_loss():
+    model = make_model("tiny", moe=True).train()
+    engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 56, 56)
+
+    def with_grad(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        output = _forward(engine, batch | {"labels": batch["input_ids"]}, blank)
+        output.loss.backward()
+        return output.loss, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    text_loss, text_grads = with_grad(make_batch(model.config, images=(False, False)))
+    _, image_grads = with_grad(make_batch(model.config, images=(True, False)))
+    text_batch = make_batch(model.config, images=(False, False))
+    torch.testing.assert_close(
+        text_loss, model(**text_batch, labels=text_batch["input_ids"]).loss, rtol=0, atol=0
+    )
+    # The parameters a batch with an image reaches (under ZeRO-3: gathers and reduces) are reached without
+    # one too, with zero gradients where only the image reaches them.
+    assert text_grads.keys() == image_grads.keys()
+    vision = [n for n in text_grads if n.startswith(("model.vision_tower.", "model.mm_projector."))]
+    assert vision and all(text_grads[n].abs().max() == 0 for n in vision)
+
+
+def test_a_stage_without_its_predecessor_stops_before_any_process_group_or_model(tmp_path):
+    with pytest.raises(MissingPredecessor, match="--stage pretrain"):
+        train("pft", "tiny", tmp_path / "pft.arrow", tmp_path / "out", tmp_path / "ck", data_root=tmp_path)
+    assert not torch.distributed.is_initialized() and not (tmp_path / "ck").exists()
