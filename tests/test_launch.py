@@ -67,17 +67,25 @@ def test_torchrun_starts_2_cpu_ranks_that_read_consistent_ranks(tmp_path):
     # The launcher part of the argv, with a script in place of `-m cumo ...`, run for real.
     argv, env = local_command(TRAIN, num_processes=2, device="cpu")
     script = tmp_path / "ranks.py"
+    # Each rank writes its own file: two ranks printing to one pipe can interleave their lines.
     script.write_text(
-        "import os\n"
+        "import os, sys\n"
+        "from pathlib import Path\n"
         "from cumo.train.launch import read_ranks\n"
-        "print('ranks', *read_ranks(os.environ), os.environ['DS_ACCELERATOR'], flush=True)\n"
+        "ranks = read_ranks(os.environ)\n"
+        "line = ' '.join(['ranks', *map(str, ranks), os.environ['DS_ACCELERATOR']])\n"
+        "Path(sys.argv[1], f'rank{ranks[0]}.txt').write_text(line)\n"
     )
     launcher = argv[: argv.index("-m", 3)]
     result = subprocess.run(
-        [*launcher, str(script)], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+        [*launcher, str(script), str(tmp_path)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("ranks"))
+    lines = sorted(path.read_text() for path in tmp_path.glob("rank*.txt"))
     assert lines == ["ranks 0 0 2 cpu", "ranks 1 1 2 cpu"]
 
 
