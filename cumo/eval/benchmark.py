@@ -1,0 +1,58 @@
+"""What one benchmark declares, and the records that pass between generation and scoring.
+
+A benchmark module in `cumo/eval/benchmarks/` defines one `BENCHMARK = Benchmark(...)`: where its files lie
+under `<data_root>/eval/`, how its questions are read from them (the official formats, LLaVA-1.5's question
+files by default), how long an answer may be, and how predictions are scored by the benchmark's own rules.
+Generation (`cumo.eval.generate`) knows nothing of any benchmark beyond `Question`; scoring knows nothing of
+the model beyond the predictions.
+
+Predictions follow LLaVA's answer files (llava/eval/model_vqa_loader.py): one JSON object per line with
+`question_id`, `prompt` (the question text as asked), `text` (the model's answer), `answer_id`, `model_id`
+and `metadata` (the question's metadata, passed through for the scorer).
+"""
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str | int  # as the benchmark's files spell it: predictions and submissions keep the type
+    text: str  # what the user turn says, prompt suffix included, without the image placeholder
+    image: Path | bytes | None  # a file, encoded image bytes (MMBench's base64, parquet), or text-only
+    metadata: dict[str, Any] = field(default_factory=dict)  # whatever the scorer needs back (category, ...)
+
+    def load_image(self) -> Image.Image | None:
+        if self.image is None:
+            return None
+        source = io.BytesIO(self.image) if isinstance(self.image, bytes) else self.image
+        return Image.open(source).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A benchmark's score: the headline number of the paper's table, and everything else it reports."""
+
+    headline: float  # on the paper's scale (percent, or MME's summed points)
+    metrics: dict[str, Any]  # sub-metrics: per split, category, subject, ...; JSON-serialisable
+    n: int  # questions scored
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str  # the DAG's and the CLI's name: "textvqa"
+    title: str  # the paper's column: "TextVQA"
+    split: str  # "val", "testdev_balanced", "dev", ...
+    folder: str  # under <data_root>/eval/, as CuMo's scripts/cumo/eval/*.sh name it
+    headline_metric: str  # what `Result.headline` is, said in the table: "accuracy", "mean F1 of 3 splits"
+    questions: Callable[[Path], list[Question]]  # <data_root>/eval/<folder> -> the questions, in file order
+    score: Callable[..., Result]  # (folder, predictions: list[dict], judge=None) -> Result
+    max_new_tokens: int = 128
+    judged: bool = False  # score needs a `cumo.eval.judge.Judge`
+    # (folder, predictions, out_dir) -> files written for an evaluation server (VQAv2, MMBench test, ...)
+    submission: Callable[[Path, list[dict], Path], list[Path]] | None = None
