@@ -1,0 +1,1 @@
+"""Official scoring rules of the benchmarks, re-implemented as pure functions (one module per protocol)."""
