@@ -25,14 +25,11 @@ and adds 0 x (its features and aux losses) to the loss: the same collectives on 
 the gradient (LLaVA feeds a zero image per text-only sample for the same reason).
 """
 
-import hashlib
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
-from importlib import metadata as package_metadata
 from pathlib import Path
 
 import torch
@@ -45,6 +42,7 @@ from cumo.data.dataset import Collator, ModalityLengthGroupedSampler, Supervised
 from cumo.data.mixture import build_mixture
 from cumo.data.mixture_store import open_mixture
 from cumo.data.skips import SkipCounter
+from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
@@ -216,15 +214,15 @@ def train(
             {
                 "stage": stage.to_dict(),
                 "preset": preset,
-                "git_commit": _git_commit(),
+                "git_commit": git_commit(),
                 "deepspeed_config": ds_config,
                 "batch": vars(plan),
                 "steps": total_steps,
                 "data": str(data),
-                "mixture_sha256": _sha256(Path(data)),
+                "mixture_sha256": sha256_file(Path(data)),
                 "skipped": skips.to_dict(),
                 "previous_output_dir": str(previous_output_dir) if previous_output_dir else None,
-                "packages": _versions(),
+                "packages": package_versions(),
                 "world_size": world_size,
                 "device": device,
                 "wall_time_s": wall_time,
@@ -390,37 +388,3 @@ def _export(engine, processor, output_dir: Path, rank: int) -> list[str]:
     model.save_pretrained(output_dir, state_dict=state_dict)
     processor.save_pretrained(output_dir)
     return sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*") if path.is_file())
-
-
-def _git_commit() -> str | None:
-    """The commit of the cumo checkout, with "-dirty" when files differ from it; None outside git."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        )
-        status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit.stdout.strip() + ("-dirty" if status.stdout.strip() else "")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    names = ("cumo", "torch", "deepspeed", "transformers", "datasets", "tokenizers", "safetensors")
-    versions = {"python": sys.version.split()[0]}
-    for name in names:
-        try:
-            versions[name] = package_metadata.version(name)
-        except package_metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
