@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from cumo.eval.benchmarks import NAMES as BENCHMARK_NAMES
+
 
 def existing_directory(path: str) -> Path:
     if not Path(path).is_dir():
@@ -109,6 +111,33 @@ def launch(args) -> None:
     os.execvpe(argv[0], argv, {**os.environ, **env})
 
 
+def evaluate(args) -> None:
+    """Evaluate a model on one benchmark: greedy answers (batched, sharded, resumable), the benchmark's own
+    scoring, OUT/predictions.jsonl and OUT/metrics.json (+ OUT/submission/ where a server scores)."""
+    from cumo.eval.evaluate import EvalConfig, evaluate, run_shard
+
+    config = EvalConfig(
+        benchmark=args.benchmark,
+        model=str(args.model),
+        data_root=str(args.data_root),
+        batch_size=args.batch_size,
+        shards=args.shards,
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
+        blank_images=args.blank_images,
+        judge_model=args.judge_model,
+        judge_base_url=args.judge_base_url,
+        judge_runs=args.judge_runs,
+    )
+    if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
+        print(json.dumps(run_shard(config, args.out, args.shard)))
+        return
+    metrics = evaluate(config, args.out)
+    print(
+        f"{metrics['title']} ({metrics['split']}): {metrics['headline']['metric']} = {metrics['headline']['value']}"
+    )
+
+
 def upcycle(args) -> None:
     """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
     from cumo.model.upcycle import upcycle_directory
@@ -190,6 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
         "command", nargs=argparse.REMAINDER, help="-- train --stage ... (the cumo train command)"
     )
 
+    sub = add("eval", evaluate)
+    sub.add_argument("benchmark", metavar="BENCH", help="one of: " + ", ".join(BENCHMARK_NAMES))
+    sub.add_argument("--model", required=True, type=existing_directory, help="model directory to evaluate")
+    sub.add_argument("--data-root", required=True, type=Path, help="data tree with eval/<benchmark folder>")
+    sub.add_argument("--out", required=True, type=Path, help="results/<run>/eval/<model>/<bench>")
+    sub.add_argument("--batch-size", type=int, default=1, help="questions per generate call (paper: 1)")
+    sub.add_argument("--shards", type=int, default=1, help="processes (GPUs) that share the questions")
+    sub.add_argument("--shard", type=int, help="run only this shard (0-based) of --shards, then stop")
+    sub.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
+    sub.add_argument(
+        "--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, fp32 on cpu"
+    )
+    sub.add_argument(
+        "--blank-images",
+        action="store_true",
+        help="replace every image by a blank one (how much the images add)",
+    )
+    sub.add_argument("--judge-model", help="judge of MM-Vet, LLaVA-Wild, MathVista (paper: gpt-4-0613)")
+    sub.add_argument("--judge-base-url", help="OpenAI-compatible server of the judge (default: OpenAI's)")
+    sub.add_argument("--judge-runs", type=int, default=1, help="judge runs averaged (the paper: 3)")
+
     sub = add("upcycle", upcycle)
     sub.add_argument(
         "--model",
@@ -209,12 +259,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
+    from cumo.eval.generate import IncompletePredictions
     from cumo.model.configuration_cumo import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
         args.function(args)
-    except (ValueError, FileNotFoundError, ConfigError, DownloadError, TooManySkipped) as error:
+    except (
+        ValueError,
+        FileNotFoundError,
+        ConfigError,
+        DownloadError,
+        TooManySkipped,
+        IncompletePredictions,
+    ) as error:
         sys.exit(f"cumo {args.step}: {error}")
 
 

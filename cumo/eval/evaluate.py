@@ -1,0 +1,189 @@
+"""`cumo eval <bench>`: one benchmark on one model, from its question files to `metrics.json`.
+
+    out/shards/<i>-of-<n>.jsonl   each shard's answers, appended as they come (resumable)
+    out/predictions.jsonl         all answers in question order, once every question has exactly one
+    out/metrics.json              the benchmark's numbers, with what made them (EvalConfig, model digest, commit)
+    out/submission/...            the files an evaluation server scores (VQAv2, MMBench test), where it does
+
+With `shards > 1` every shard runs as its own process (`cumo eval ... --shard i`), on GPU i when the device
+is cuda, and this process merges and scores when they are all done; a shard that fails fails the run.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cumo.eval.benchmark import Benchmark
+from cumo.eval.benchmarks import NAMES, get
+from cumo.eval.generate import generate_shard, load_model, merge, shard_questions
+from cumo.provenance import git_commit, package_versions, sha256_tree
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How one benchmark was evaluated; checked when built, saved in metrics.json."""
+
+    benchmark: str
+    model: str  # the model directory
+    data_root: str
+    batch_size: int = 1  # the paper's scripts answer one question at a time
+    shards: int = 1
+    device: str = "cpu"
+    dtype: str = "float32"
+    blank_images: bool = False  # every image replaced by a blank one: how much of the score the images give
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    judge_runs: int = 1
+
+    def __post_init__(self):
+        if self.benchmark not in NAMES:
+            raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {', '.join(NAMES)}")
+        if self.batch_size < 1 or self.shards < 1 or self.judge_runs < 1:
+            raise ValueError("batch_size, shards and judge_runs must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if not (Path(self.model) / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{self.model} is not a model directory (no config.json): give the output of a training stage, "
+                "or a released checkpoint converted with `cumo convert`"
+            )
+
+    @property
+    def prompt_variant(self) -> str:
+        return "llava-1.5" + ("+blank-images" if self.blank_images else "")
+
+
+def folder_of(benchmark: Benchmark, data_root: str | Path) -> Path:
+    folder = Path(data_root) / "eval" / benchmark.folder
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{benchmark.title}'s files are not under {folder}: fetch them with `cumo download eval_{benchmark.name} "
+            f"--data-root {data_root}` (or, for the tiny world, `cumo synthetic --data-root {data_root}`)"
+        )
+    return folder
+
+
+def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
+    """Answer shard `shard` of `config.shards` into out/shards/ (in this process)."""
+    benchmark = get(config.benchmark)
+    questions = shard_questions(
+        benchmark.questions(folder_of(benchmark, config.data_root)), shard, config.shards
+    )
+    model, processor = load_model(config.model, config.device, DTYPES[config.dtype])
+    return generate_shard(
+        model,
+        processor,
+        questions,
+        shard_path(out, shard, config.shards),
+        model_id=Path(config.model).name,
+        max_new_tokens=benchmark.max_new_tokens,
+        batch_size=config.batch_size,
+        blank_images=config.blank_images,
+        description=f"{benchmark.name} shard {shard + 1}/{config.shards}",
+    )
+
+
+def shard_path(out: Path, shard: int, shards: int) -> Path:
+    return out / "shards" / f"{shard}-of-{shards}.jsonl"
+
+
+def _shard_command(config: EvalConfig, out: Path, shard: int) -> list[str]:
+    command = [sys.executable, "-m", "cumo", "eval", config.benchmark, "--model", config.model]
+    command += ["--data-root", config.data_root, "--out", str(out), "--batch-size", str(config.batch_size)]
+    command += ["--shards", str(config.shards), "--shard", str(shard), "--device", config.device]
+    command += ["--dtype", config.dtype] + (["--blank-images"] if config.blank_images else [])
+    return command
+
+
+def _run_shards(config: EvalConfig, out: Path) -> None:
+    processes = []
+    for shard in range(config.shards):
+        env = dict(os.environ)
+        if config.device == "cuda":
+            env["CUDA_VISIBLE_DEVICES"] = str(shard)
+        processes.append(subprocess.Popen(_shard_command(config, out, shard), env=env))
+    failed = [shard for shard, process in enumerate(processes) if process.wait() != 0]
+    if failed:
+        raise RuntimeError(
+            f"shard(s) {failed} of {config.benchmark} failed (their output is above); rerun the same command: "
+            "answers already written are kept"
+        )
+
+
+def _judge(config: EvalConfig, out: Path):
+    from cumo.eval.judge import Judge
+
+    if config.judge_model is None:
+        raise ValueError(
+            f"{config.benchmark} is scored by a judge model: give --judge-model (the paper: gpt-4-0613) and, for "
+            "a server other than OpenAI's, --judge-base-url; the key is read from OPENAI_API_KEY"
+        )
+    return Judge(
+        model=config.judge_model,
+        base_url=config.judge_base_url,
+        cache_dir=out / "judge_cache",
+        runs=config.judge_runs,
+    )
+
+
+def evaluate(config: EvalConfig, out: str | Path) -> dict:
+    """Generate (sharded), merge, score and write metrics.json; returns what it wrote."""
+    out = Path(out)
+    benchmark = get(config.benchmark)
+    folder = folder_of(benchmark, config.data_root)
+    questions = benchmark.questions(folder)
+    keys = [json.dumps(q.question_id) for q in questions]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{benchmark.name}: question ids repeat in {folder}; each question needs its own id")
+    judge = _judge(config, out) if benchmark.judged else None
+
+    started = time.monotonic()
+    if config.shards == 1:
+        run_shard(config, out, 0)
+    else:
+        _run_shards(config, out)
+    predictions = merge([shard_path(out, i, config.shards) for i in range(config.shards)], questions)
+    (out / "predictions.jsonl").write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
+    )
+    result = benchmark.score(folder, predictions, judge=judge)
+    submission = benchmark.submission(folder, predictions, out / "submission") if benchmark.submission else []
+
+    metrics = {
+        "benchmark": benchmark.name,
+        "title": benchmark.title,
+        "split": benchmark.split,
+        "headline": {
+            "metric": benchmark.headline_metric,
+            "value": None if math.isnan(result.headline) else result.headline,
+        },
+        "metrics": result.metrics,
+        "n": result.n,
+        "prompt_variant": config.prompt_variant,
+        "judge": None
+        if judge is None
+        else {"model": judge.model, "runs": judge.runs, "usage": judge.usage()},
+        "model": {"path": config.model, "digest": sha256_tree(Path(config.model))},
+        "submission": [str(path) for path in submission],
+        "config": dataclasses.asdict(config),
+        "wall_time_s": time.monotonic() - started,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return metrics
