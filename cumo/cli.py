@@ -152,6 +152,22 @@ def convert(args) -> None:
     convert_directory(args.src, args.out, args.direction)
 
 
+def report_tables(args) -> None:
+    """The main table (models x benchmarks in the paper's order; reproduced, reported, delta) as CSV, MD, LaTeX."""
+    from cumo.report.tables import write_tables
+
+    written = write_tables(args.eval, args.paper, args.models, args.benchmarks, args.out)
+    print(json.dumps(written, indent=2))
+
+
+def report_plots(args) -> None:
+    """Benchmarks vs the paper, and per model its loss curves, sft aux losses and expert-load heat maps."""
+    from cumo.report.plots import write_plots
+
+    written = write_plots(args.eval, args.models_dir, args.paper, args.model_names, args.benchmarks, args.out)
+    print(json.dumps(written, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cumo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -248,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="dense model directory (save_pretrained layout)",
     )
     sub.add_argument("--out", required=True, help="directory for the upcycled MoE model")
+
+    from cumo.eval.benchmarks import NAMES
+
+    report = steps.add_parser("report", help="tables and plots of a run's results", description=__doc__)
+    kinds = report.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for name, function in (("tables", report_tables), ("plots", report_plots)):
+        sub = kinds.add_parser(name, help=function.__doc__, description=function.__doc__)
+        sub.set_defaults(function=function)
+        sub.add_argument(
+            "--eval", required=True, type=Path, help="results/<run>/eval (<model>/<bench>/metrics.json)"
+        )
+        sub.add_argument(
+            "--paper", default="config/paper_results.yaml", type=Path, help="the paper's numbers"
+        )
+        sub.add_argument("--benchmarks", nargs="+", default=list(NAMES), help="columns (default: all 13)")
+        sub.add_argument("--out", required=True, type=Path, help="directory the files are written to")
+    kinds.choices["tables"].add_argument("--models", nargs="+", required=True, help="rows, in order")
+    kinds.choices["plots"].add_argument("--model-names", nargs="+", required=True, help="models, in order")
+    kinds.choices["plots"].add_argument(
+        "--models-dir", required=True, type=Path, help="results/<run>/models (<model>/<stage>/metrics.jsonl)"
+    )
 
     sub = add("convert", convert)
     sub.add_argument("direction", choices=["from-released", "to-released"], help="which way to convert")
