@@ -146,7 +146,7 @@ def generate_shard(
         logger.warning(
             f"{path}: {broken} cut-off line(s) from an interrupted run; their questions are redone"
         )
-        path.write_text("".join(json.dumps(p) + "\n" for p in done))
+        path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in done))
     answered = {_key(p["question_id"]) for p in done}
     todo = [q for q in questions if _key(q.question_id) not in answered]
     path.parent.mkdir(parents=True, exist_ok=True)
