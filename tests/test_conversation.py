@@ -10,7 +10,14 @@ models were trained on.
 
 import pytest
 
-from cumo.data.conversation import expand_image_placeholders, render, render_segments, turns_from_llava
+from cumo.data.conversation import (
+    chat_template,
+    expand_image_placeholders,
+    render,
+    render_segments,
+    turns_from_llava,
+)
+from cumo.data.synthetic import build_tokenizer
 
 SYSTEM_BLOCK = (
     "<<SYS>>\nA chat between a curious user and an artificial intelligence assistant. The assistant gives "
@@ -18,62 +25,79 @@ SYSTEM_BLOCK = (
 )
 
 
-@pytest.mark.parametrize(
-    "turns, has_image, expected",
-    [
-        # One turn with an image; the placeholder moves to the front of the question (preprocess_multimodal).
-        (
-            [("What color is the circle?\n<image>", "Red.")],
-            True,
-            "<s>[INST] " + SYSTEM_BLOCK + "<image>\nWhat color is the circle? [/INST] Red. </s>",
-        ),
-        # Two turns; the second question gets no system block and no <s> (sep="").
-        (
-            [("<image>\nWhat color is the circle?", "Red."), ("How many shapes are there?", "Two.")],
-            True,
-            "<s>[INST] "
-            + SYSTEM_BLOCK
-            + "<image>\nWhat color is the circle? [/INST] Red. </s>[INST] How many shapes are there? [/INST] Two. </s>",
-        ),
-        # Text only: the question is used as written, the system block is still there.
-        (
-            [("  Is a square a shape?", "Yes.")],
-            False,
-            "<s>[INST] " + SYSTEM_BLOCK + "  Is a square a shape? [/INST] Yes. </s>",
-        ),
-        # Evaluation: the last answer left open ends the prompt right after [/INST].
-        (
-            [("<image>\nWhat shape is it?", None)],
-            True,
-            "<s>[INST] " + SYSTEM_BLOCK + "<image>\nWhat shape is it? [/INST]",
-        ),
-        (
-            [("<image>\nWhat shape is it?", "A circle."), ("What color?", None)],
-            True,
-            "<s>[INST] "
-            + SYSTEM_BLOCK
-            + "<image>\nWhat shape is it? [/INST] A circle. </s>[INST] What color? [/INST]",
-        ),
-    ],
-)
+MISTRAL_CASES = [
+    # One turn with an image; the placeholder moves to the front of the question (preprocess_multimodal).
+    (
+        [("What color is the circle?\n<image>", "Red.")],
+        True,
+        "<s>[INST] " + SYSTEM_BLOCK + "<image>\nWhat color is the circle? [/INST] Red. </s>",
+    ),
+    # Two turns; the second question gets no system block and no <s> (sep="").
+    (
+        [("<image>\nWhat color is the circle?", "Red."), ("How many shapes are there?", "Two.")],
+        True,
+        "<s>[INST] "
+        + SYSTEM_BLOCK
+        + "<image>\nWhat color is the circle? [/INST] Red. </s>[INST] How many shapes are there? [/INST] Two. </s>",
+    ),
+    # Text only: the question is used as written, the system block is still there.
+    (
+        [("  Is a square a shape?", "Yes.")],
+        False,
+        "<s>[INST] " + SYSTEM_BLOCK + "  Is a square a shape? [/INST] Yes. </s>",
+    ),
+    # Evaluation: the last answer left open ends the prompt right after [/INST].
+    (
+        [("<image>\nWhat shape is it?", None)],
+        True,
+        "<s>[INST] " + SYSTEM_BLOCK + "<image>\nWhat shape is it? [/INST]",
+    ),
+    (
+        [("<image>\nWhat shape is it?", "A circle."), ("What color?", None)],
+        True,
+        "<s>[INST] "
+        + SYSTEM_BLOCK
+        + "<image>\nWhat shape is it? [/INST] A circle. </s>[INST] What color? [/INST]",
+    ),
+]
+
+
+@pytest.mark.parametrize("turns, has_image, expected", MISTRAL_CASES)
 def test_mistral_instruct_system_snapshots(turns, has_image, expected):
     assert render("mistral_instruct_system", turns, has_image) == expected
 
 
-@pytest.mark.parametrize(
-    "turns, has_image, expected",
-    [
-        # LLaVA's preprocess_plain drops the question: BOS, image, caption, "\n".
-        (
-            [("<image>\nDescribe the image briefly.", "A red circle on the left.")],
-            True,
-            "<s><image>A red circle on the left.\n",
-        ),
-        ([("<image>\nDescribe the image briefly.", None)], True, "<s><image>"),
-    ],
-)
+PLAIN_CASES = [
+    # LLaVA's preprocess_plain drops the question: BOS, image, caption, "\n".
+    (
+        [("<image>\nDescribe the image briefly.", "A red circle on the left.")],
+        True,
+        "<s><image>A red circle on the left.\n",
+    ),
+    ([("<image>\nDescribe the image briefly.", None)], True, "<s><image>"),
+]
+
+
+@pytest.mark.parametrize("turns, has_image, expected", PLAIN_CASES)
 def test_plain_snapshots(turns, has_image, expected):
     assert render("plain", turns, has_image) == expected
+
+
+@pytest.mark.parametrize(
+    "template, turns, has_image, expected",
+    [("mistral_instruct_system", *case) for case in MISTRAL_CASES]
+    + [("plain", *case) for case in PLAIN_CASES],
+)
+def test_the_exported_chat_template_asks_as_render_does(template, turns, has_image, expected):
+    """What a user of the exported tokenizer gets from apply_chat_template is the prompt the model was trained on."""
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = chat_template(template)
+    messages = []
+    for question, answer in turns:
+        messages.append({"role": "user", "content": question})
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == expected
 
 
 def test_segments_mark_exactly_the_answers_and_their_end_of_sequence_as_targets():

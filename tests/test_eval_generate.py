@@ -125,3 +125,13 @@ def test_another_template_than_the_models_is_refused(tiny_model_dir):
         load_model(tiny_model_dir, template="plain")
     model, _ = load_model(tiny_model_dir, template="mistral_instruct_system")
     assert model.dtype == torch.float32
+
+
+def test_the_saved_tokenizer_asks_as_evaluation_does(loaded, questions):
+    """A model directory's tokenizer carries the model's template as its chat template (processor.save_pretrained)."""
+    model, processor = loaded
+    for question in (questions[0], questions[3]):
+        content = ("<image>\n" if question.image is not None else "") + question.text
+        messages = [{"role": "user", "content": content}]
+        prompt = processor.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert prompt == prompt_of(question, model.config.conversation_template)

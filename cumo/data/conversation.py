@@ -13,6 +13,10 @@ Reproduces the two templates CuMo trains with (cumo/conversation.py, https://git
 
 A rendered conversation is a list of segments `(text, is_target)`: the answers are the targets, so the
 tokeniser can mask everything else in the labels from the same pieces the prompt is made of.
+
+`chat_template(name)` is the same format as a Jinja chat template, saved with every exported tokenizer, so
+`tokenizer.apply_chat_template(messages, add_generation_prompt=True)` outside this package asks exactly as
+`render` does (tests/test_conversation.py holds the two equal).
 """
 
 from dataclasses import dataclass
@@ -109,3 +113,35 @@ def render(template: str, turns: list[tuple[str, str | None]], has_image: bool) 
 def expand_image_placeholders(text: str, image_token: str, num_image_tokens: int) -> str:
     """Each image placeholder as the `num_image_tokens` tokens the model fills with that image's features."""
     return text.replace(image_token, image_token * num_image_tokens)
+
+
+# Jinja for transformers' apply_chat_template; messages are {"role": "user" | "assistant", "content": str}, the
+# image as the "<image>" placeholder in the first user message.
+_JINJA = {
+    "plain": (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}"
+        "{{- '<s>' + ('<image>' if '<image>' in message['content'] else '') -}}"
+        "{%- else -%}{{- message['content'] + '\\n' -}}{%- endif -%}"
+        "{%- endfor -%}"
+    ),
+    "mistral_instruct_system": (
+        "{%- for message in messages -%}"
+        "{%- if message['role'] == 'user' -%}"
+        "{%- set text = message['content'] -%}"
+        "{%- if loop.first -%}"
+        "{%- if '<image>' in text -%}{%- set text = '<image>\\n' + text.replace('<image>', '') | trim -%}{%- endif -%}"
+        "{{- '<s>[INST] <<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' + text + ' [/INST]' -}}"
+        "{%- else -%}{{- '[INST] ' + text + ' [/INST]' -}}{%- endif -%}"
+        "{%- else -%}{{- ' ' + message['content'] + ' </s>' -}}{%- endif -%}"
+        "{%- endfor -%}"
+    ),
+}
+
+
+def chat_template(template: str) -> str:
+    """`template` as a Jinja chat template (the system text written in)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown conversation template {template!r}; known: {sorted(TEMPLATES)}")
+    system = TEMPLATES[template].system.replace("'", "\\'")
+    return "{%- set system = '" + system + "' -%}" + _JINJA[template]

@@ -13,6 +13,7 @@ from PIL import Image
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+from cumo.data.conversation import chat_template
 from cumo.model.configuration_cumo import CumoConfig
 
 # OpenAI CLIP's normalisation (https://huggingface.co/openai/clip-vit-large-patch14-336/blob/main/preprocessor_config.json)
@@ -51,6 +52,7 @@ class CumoProcessor:
             )
         self.tokenizer = tokenizer
         self.image_token = config.image_token
+        self.template = config.conversation_template
         self.num_image_tokens = config.num_image_tokens
         self.pad_to_square = config.image_aspect_ratio == "pad"
         size = config.vision_config.image_size
@@ -90,6 +92,8 @@ class CumoProcessor:
         return BatchEncoding(dict(batch))
 
     def save_pretrained(self, directory: str | Path) -> None:
+        """The tokenizer, with the model's conversation template as its chat template, and the image processor."""
+        self.tokenizer.chat_template = chat_template(self.template)
         self.tokenizer.save_pretrained(directory)
         self.image_processor.save_pretrained(directory)
 
