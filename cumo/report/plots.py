@@ -79,17 +79,11 @@ def plot_benchmarks(table, out_dir: Path) -> list[str]:
             reproduced = np.nan if cell.reproduced is None else cell.reproduced
             axis.bar(number - 0.2, reproduced, width=0.4, color=colour)
             if cell.reproduced is None:  # a missing bar is marked, not drawn as 0
-                axis.text(
-                    number - 0.2,
-                    0,
-                    "server" if cell.pending else "n/a",
-                    rotation=90,
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                )
+                label = "server" if cell.pending else "n/a"
+                axis.text(number - 0.2, 0, label, rotation=90, ha="center", va="bottom", fontsize=7)
             if cell.reported is not None:
                 axis.bar(number + 0.2, cell.reported, width=0.4, color=colour, alpha=0.4, hatch="//")
+        axis.set_xlim(-0.6, len(models) - 0.4)
         axis.set_title(f"{column.title}\n{column.split}", fontsize=9)
         axis.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
         axis.tick_params(axis="y", labelsize=7)
@@ -99,8 +93,8 @@ def plot_benchmarks(table, out_dir: Path) -> list[str]:
         matplotlib.patches.Patch(color="grey", label="reproduced"),
         matplotlib.patches.Patch(color="grey", alpha=0.4, hatch="//", label="reported (paper)"),
     ]
-    figure.legend(handles=handles, loc="upper right", fontsize=8)
     figure.tight_layout()
+    figure.legend(handles=handles, loc="lower right", fontsize=8)
     return _save(figure, out_dir, "benchmarks")
 
 
@@ -142,13 +136,16 @@ def expert_share(records: list[dict], key: str) -> np.ndarray | None:
 
 
 def plot_expert_load(shares: dict[str, np.ndarray], model: str, out_dir: Path) -> list[str]:
-    """Heat maps of each layer's share of top-1 tokens per expert (1/E everywhere is perfect balance)."""
-    heights = [max(share.shape[0], 1) for share in shares.values()]
+    """Heat maps of each layer's share of top-1 tokens per expert (1/E everywhere is perfect balance), on one
+    colour scale so that CLIP's and the connector's balance compare at a glance."""
+    heights = [share.shape[0] for share in shares.values()]
     figure, axes = plt.subplots(
-        len(shares), 1, figsize=(5, 1.2 + 0.25 * sum(heights)), squeeze=False, height_ratios=heights
-    )
+        len(shares), 1, figsize=(5, 1.5 + 0.25 * sum(heights)), squeeze=False, height_ratios=heights,
+        layout="constrained",
+    )  # fmt: skip
+    top = max(share.max() for share in shares.values())
     for axis, (title, share_LE) in zip(axes.flat, shares.items(), strict=True):
-        image = axis.imshow(share_LE, aspect="auto", cmap="viridis", vmin=0, vmax=max(share_LE.max(), 1e-9))
+        image = axis.imshow(share_LE, aspect="auto", cmap="viridis", vmin=0, vmax=max(top, 1e-9))
         layers, experts = share_LE.shape
         axis.set_title(
             f"{model} sft, {title}: share of top-1 tokens (balanced = {1 / experts:.2f})", fontsize=9
@@ -158,8 +155,7 @@ def plot_expert_load(shares: dict[str, np.ndarray], model: str, out_dir: Path) -
             range(layers), [str(layer) for layer in range(layers)] if layers > 1 else [""], fontsize=6
         )
         axis.set_ylabel("layer" if layers > 1 else "")
-        figure.colorbar(image, ax=axis)
-    figure.tight_layout()
+    figure.colorbar(image, ax=axes.ravel().tolist())
     return _save(figure, out_dir, f"expert_load_{model}")
 
 
