@@ -1,0 +1,172 @@
+"""MMBench-EN, dev split: multiple choice with circular evaluation; `declare("cn")` is MMBench-CN (mmbench_cn.py).
+
+Files (CuMo scripts/cumo/eval/mmbench.sh and mmbench_cn.sh, LLaVA scripts/v1_5/eval/mmbench*.sh):
+`eval/mmbench/mmbench_dev_20230712.tsv` (English) and `eval/mmbench/mmbench_dev_cn_20231003.tsv` (Chinese), one
+row per question and per rotation of its options (index + k * 1e6), the image base64-encoded in the row.
+
+Questions: every row, asked once, read as LLaVA's llava/eval/model_vqa_mmbench.py reads it (pandas
+`read_table`; a hint or an option that is empty, NaN, "nan" or "none" is absent, and the options stop at the
+first absent one); the text is `cumo.eval.metrics.mmbench.prompt`. Answers may run to 1024 new tokens, the
+limit model_vqa_mmbench.py generates with (a letter needs one; the limit only matters for a model that
+rambles, and then the matcher sees what it wrote).
+
+Score: VLMEvalKit's circular accuracy with exact matching (`cumo.eval.metrics.mmbench`), overall (the
+headline, in percent), per l2-category and per category, and how many questions failed only because an
+answer matched no option. `judge` is unused: VLMEvalKit's GPT matching is not reproduced.
+
+Submission: the sheet LLaVA's scripts/convert_mmbench_for_submission.py writes for MMBench's evaluation server
+(the TSV without hint, category, source, image, comment and l2-category, a `prediction` column after the
+options), as `<tsv name>.xlsx`; it is written only when every row is answered exactly once.
+"""
+
+import base64
+import math
+from functools import partial
+from pathlib import Path
+
+import pandas as pd
+
+from cumo.eval.benchmark import Benchmark, Question, Result
+from cumo.eval.metrics.mmbench import (
+    OPTION_LETTERS,
+    ROTATION_STRIDE,
+    accuracy_report,
+    circular_outcome,
+    match,
+    prompt,
+)
+
+FILES = {"en": "mmbench_dev_20230712.tsv", "cn": "mmbench_dev_cn_20231003.tsv"}
+TITLES = {"en": "MMB-EN", "cn": "MMB-CN"}
+NAMES = {"en": "mmbench", "cn": "mmbench_cn"}
+# convert_mmbench_for_submission.py: the columns the sheet leaves out, and where `prediction` goes.
+NOT_SUBMITTED = ["hint", "category", "source", "image", "comment", "l2-category"]
+PREDICTION_COLUMN = 6
+
+
+def is_none(value) -> bool:
+    """model_vqa_mmbench.py's `is_none`: what pandas reads from an empty cell, and the words "nan"/"none"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return True
+    return isinstance(value, str) and value.lower() in ("nan", "none")
+
+
+def options_of(row: pd.Series) -> list[str]:
+    """The row's options A, B, ... up to the first absent one (model_vqa_mmbench.py's `get_options`)."""
+    options = []
+    for letter in OPTION_LETTERS:
+        if is_none(row[letter]):
+            break
+        options.append(str(row[letter]))
+    return options
+
+
+def read_table(folder: Path, lang: str) -> pd.DataFrame:
+    path = Path(folder) / FILES[lang]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: MMBench's dev TSV goes there (CuMo scripts/cumo/eval/mmbench*.sh)"
+        )
+    return pd.read_table(path)
+
+
+def questions(folder: Path, lang: str) -> list[Question]:
+    """Every row of the TSV, in file order, as model_vqa_mmbench.py asks it."""
+    table = read_table(folder, lang)
+    return [
+        Question(
+            question_id=int(row["index"]),
+            text=prompt(
+                row["question"], None if is_none(row["hint"]) else row["hint"], options_of(row), lang
+            ),
+            image=base64.b64decode(row["image"]),
+        )
+        for _, row in table.iterrows()
+    ]
+
+
+def answers_by_index(predictions: list[dict], table: pd.DataFrame, path: Path) -> dict[int, str]:
+    """The answer text of each TSV index; an index the TSV does not have means the predictions are another file's."""
+    texts = {int(p["question_id"]): p["text"] for p in predictions}
+    unknown = sorted(set(texts) - set(int(index) for index in table["index"]))
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} prediction(s) answer indices not in {path} (first: {unknown[:5]}): "
+            "these predictions are for another MMBench file"
+        )
+    return texts
+
+
+def score(folder: Path, predictions: list[dict], judge=None, *, lang: str) -> Result:
+    """Circular accuracy over the dev questions; an unanswered row fails its question and is counted."""
+    path = Path(folder) / FILES[lang]
+    table = read_table(folder, lang)
+    if "answer" not in table:
+        raise ValueError(
+            f"{path} has no answer column (a test split): score it on MMBench's server (`submission`)"
+        )
+    texts = answers_by_index(predictions, table, path)
+    rotations: dict[int, list[tuple[str, str | None]]] = {}
+    missing = 0
+    for _, row in table.iterrows():
+        index = int(row["index"])
+        if index not in texts:
+            missing += 1
+        choices = dict(zip(OPTION_LETTERS, options_of(row), strict=False))
+        matched = match(texts[index], choices) if index in texts else None
+        rotations.setdefault(index % ROTATION_STRIDE, []).append((row["answer"], matched))
+    main = table[table["index"] < ROTATION_STRIDE]
+    outcomes = [circular_outcome(rotations[int(index)]) for index in main["index"]]
+    report = accuracy_report(outcomes, list(main["category"]), list(main["l2-category"]))
+    counts = {outcome: outcomes.count(outcome) for outcome in ("hit", "miss", "unmatched")}
+    return Result(
+        headline=report["overall"],
+        metrics={
+            **report,
+            **counts,
+            "questions": len(outcomes),
+            "rows": len(table),
+            "unanswered_rows": missing,
+        },
+        n=len(outcomes),
+    )
+
+
+def submission(folder: Path, predictions: list[dict], out_dir: Path, *, lang: str) -> list[Path]:
+    """The upload sheet of convert_mmbench_for_submission.py, after checking every row is answered exactly once."""
+    path = Path(folder) / FILES[lang]
+    table = read_table(folder, lang)
+    indices = [int(p["question_id"]) for p in predictions]
+    repeated = sorted({index for index in indices if indices.count(index) > 1})
+    missing = sorted(set(int(index) for index in table["index"]) - set(indices))
+    problems = [f"{len(missing)} row(s) unanswered (first: {missing[:5]})"] if missing else []
+    problems += [f"{len(repeated)} answered more than once (first: {repeated[:5]})"] if repeated else []
+    if problems:
+        raise ValueError(
+            f"no submission sheet for {path}: {'; '.join(problems)}. Rerun the evaluation first."
+        )
+    texts = answers_by_index(predictions, table, path)
+    sheet = table.drop(columns=NOT_SUBMITTED)
+    sheet.insert(PREDICTION_COLUMN, "prediction", [texts[int(index)] for index in table["index"]])
+    out = Path(out_dir) / (path.stem + ".xlsx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.to_excel(out, index=False, engine="openpyxl")
+    return [out]
+
+
+def declare(lang: str) -> Benchmark:
+    """MMBench's dev set in `lang` ("en" or "cn"): both sets share the folder, the reader and the scorer."""
+    return Benchmark(
+        name=NAMES[lang],
+        title=TITLES[lang],
+        split="dev",
+        folder="mmbench",
+        headline_metric="circular accuracy (%)",
+        questions=partial(questions, lang=lang),
+        score=partial(score, lang=lang),
+        max_new_tokens=1024,
+        submission=partial(submission, lang=lang),
+    )
+
+
+BENCHMARK = declare("en")
