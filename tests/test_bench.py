@@ -3,7 +3,16 @@ the benchmark's to report, not the tests' to assert)."""
 
 import json
 
-from cumo.bench import bench_moe, main
+import pytest
+
+from cumo.bench import (
+    activated_parameters,
+    bench_generate,
+    bench_moe,
+    bench_train_step,
+    main,
+    train_step_config,
+)
 
 TINY = dict(images=2, tokens=5, dim=8, hidden=16, num_experts=4, top_k=2, repeats=1, warmup=0)
 
@@ -39,3 +48,37 @@ def test_bench_mixture_figures_at_a_small_size(tmp_path, monkeypatch, capsys):
     assert figures["synthesis"]["image_files"] > 0
     assert "reader private RSS" in capsys.readouterr().out
     assert not list(tmp_path.glob("cumo-bench-mixture-*"))  # the work files are removed
+
+
+def test_bench_train_step_figures_for_the_moe_and_the_dense_step():
+    figures = bench_train_step(models=("tiny",), batch_sizes=(1, 2), repeats=1)
+    assert set(figures["models"]) == {"tiny", "tiny dense"}
+    moe, dense = figures["models"]["tiny"], figures["models"]["tiny dense"]
+    # Top-2 of 4 experts: a token goes through half of each expert block, so the MoE model activates more
+    # than the dense one (two experts' worth of MLP) but less than all of its parameters.
+    assert dense["activated_parameters"]["vision"] < moe["activated_parameters"]["vision"]
+    for model in (moe, dense):
+        assert (
+            model["llm_tokens_per_sample"] == 16 + figures["text_tokens"]
+        )  # 4 x 4 patches of the 56 px image
+        assert model["vision_tokens_per_sample"] == (1 + 9) * (16 + 1)  # S² [1, 3]: 10 crops with CLS
+        for row in model["batches"].values():
+            assert row["samples_per_s"] > 0
+            assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * model["llm_tokens_per_sample"])
+            assert "mfu" not in row  # MFU only for bf16 on a known GPU
+
+
+def test_activated_parameters_count_k_of_e_experts():
+    from cumo.model.modeling_cumo import CumoForConditionalGeneration
+
+    config = train_step_config("tiny", moe=True, image_size=None)
+    model = CumoForConditionalGeneration(config)
+    vision, text = activated_parameters(model)
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    assert vision + text == sum(p.numel() for p in model.parameters()) - experts // 2  # top-2 of 4: half idle
+
+
+def test_bench_generate_checks_batched_answers_equal_batch_one():
+    figures = bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4)
+    assert figures["identical_answers"] and figures["questions"] == 6
+    assert set(figures["samples_per_s"]) == {"1", "3"} and figures["speedup"] > 0
