@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from cumo.eval.benchmark import Benchmark, Question, Result
+from cumo.eval.benchmarks.common import existing, replies
 from cumo.eval.metrics.mmbench import (
     OPTION_LETTERS,
     ROTATION_STRIDE,
@@ -62,11 +63,7 @@ def options_of(row: pd.Series) -> list[str]:
 
 
 def read_table(folder: Path, lang: str) -> pd.DataFrame:
-    path = Path(folder) / FILES[lang]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: MMBench's dev TSV goes there (CuMo scripts/cumo/eval/mmbench*.sh)"
-        )
+    path = existing(Path(folder) / FILES[lang], "MMBench's dev TSV (CuMo scripts/cumo/eval/mmbench*.sh)")
     return pd.read_table(path)
 
 
@@ -85,70 +82,44 @@ def questions(folder: Path, lang: str) -> list[Question]:
     ]
 
 
-def answers_by_index(predictions: list[dict], table: pd.DataFrame, path: Path) -> dict[int, str]:
-    """The answer text of each TSV index; an index the TSV does not have means the predictions are another file's."""
-    texts = {int(p["question_id"]): p["text"] for p in predictions}
-    unknown = sorted(set(texts) - set(int(index) for index in table["index"]))
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} prediction(s) answer indices not in {path} (first: {unknown[:5]}): "
-            "these predictions are for another MMBench file"
-        )
-    return texts
+def replies_by_row(folder: Path, predictions: list[dict], lang: str) -> tuple[pd.DataFrame, list[str]]:
+    """The TSV and the reply to each of its rows, every row answered exactly once (or an error naming them)."""
+    table = read_table(folder, lang)
+    asked = [Question(int(index), "", None) for index in table["index"]]
+    return table, replies(NAMES[lang], asked, predictions)
 
 
 def score(folder: Path, predictions: list[dict], judge=None, *, lang: str) -> Result:
-    """Circular accuracy over the dev questions; an unanswered row fails its question and is counted."""
-    path = Path(folder) / FILES[lang]
-    table = read_table(folder, lang)
+    """Circular accuracy over the dev questions; `judge` is unused (exact matching)."""
+    table, texts = replies_by_row(folder, predictions, lang)
     if "answer" not in table:
         raise ValueError(
-            f"{path} has no answer column (a test split): score it on MMBench's server (`submission`)"
+            f"{Path(folder) / FILES[lang]} has no answer column (a test split): MMBench's server scores it "
+            "(`submission` writes the sheet)"
         )
-    texts = answers_by_index(predictions, table, path)
     rotations: dict[int, list[tuple[str, str | None]]] = {}
-    missing = 0
-    for _, row in table.iterrows():
-        index = int(row["index"])
-        if index not in texts:
-            missing += 1
+    for (_, row), text in zip(table.iterrows(), texts, strict=True):
         choices = dict(zip(OPTION_LETTERS, options_of(row), strict=False))
-        matched = match(texts[index], choices) if index in texts else None
-        rotations.setdefault(index % ROTATION_STRIDE, []).append((row["answer"], matched))
+        rotations.setdefault(int(row["index"]) % ROTATION_STRIDE, []).append(
+            (row["answer"], match(text, choices))
+        )
     main = table[table["index"] < ROTATION_STRIDE]
     outcomes = [circular_outcome(rotations[int(index)]) for index in main["index"]]
     report = accuracy_report(outcomes, list(main["category"]), list(main["l2-category"]))
     counts = {outcome: outcomes.count(outcome) for outcome in ("hit", "miss", "unmatched")}
     return Result(
         headline=report["overall"],
-        metrics={
-            **report,
-            **counts,
-            "questions": len(outcomes),
-            "rows": len(table),
-            "unanswered_rows": missing,
-        },
+        metrics={**report, **counts, "questions": len(outcomes), "rows": len(table)},
         n=len(outcomes),
     )
 
 
 def submission(folder: Path, predictions: list[dict], out_dir: Path, *, lang: str) -> list[Path]:
-    """The upload sheet of convert_mmbench_for_submission.py, after checking every row is answered exactly once."""
-    path = Path(folder) / FILES[lang]
-    table = read_table(folder, lang)
-    indices = [int(p["question_id"]) for p in predictions]
-    repeated = sorted({index for index in indices if indices.count(index) > 1})
-    missing = sorted(set(int(index) for index in table["index"]) - set(indices))
-    problems = [f"{len(missing)} row(s) unanswered (first: {missing[:5]})"] if missing else []
-    problems += [f"{len(repeated)} answered more than once (first: {repeated[:5]})"] if repeated else []
-    if problems:
-        raise ValueError(
-            f"no submission sheet for {path}: {'; '.join(problems)}. Rerun the evaluation first."
-        )
-    texts = answers_by_index(predictions, table, path)
+    """The upload sheet of convert_mmbench_for_submission.py; every row must be answered exactly once."""
+    table, texts = replies_by_row(folder, predictions, lang)
     sheet = table.drop(columns=NOT_SUBMITTED)
-    sheet.insert(PREDICTION_COLUMN, "prediction", [texts[int(index)] for index in table["index"]])
-    out = Path(out_dir) / (path.stem + ".xlsx")
+    sheet.insert(PREDICTION_COLUMN, "prediction", texts)
+    out = Path(out_dir) / (Path(FILES[lang]).stem + ".xlsx")
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.to_excel(out, index=False, engine="openpyxl")
     return [out]

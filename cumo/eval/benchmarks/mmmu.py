@@ -8,18 +8,16 @@ ground truth of MMMU-Benchmark/MMMU eval/, which main_eval_only.py scores agains
 Questions: the subjects in model_vqa_mmmu.py's order, each in file order; the text is
 `cumo.eval.metrics.mmmu.prompt`; the image is `image_1` only (model_vqa_mmmu.py's `process_single_sample`
 would drop it for options with several images, but it looks for them in the options' characters, so it never
-does). Metadata: the question type and the options, which the scorer needs to read a letter off an answer.
+does). Metadata: the options, which a letter is read against.
 Answers may run to 1024 new tokens, model_vqa_mmmu.py's limit.
 
 Score (`cumo.eval.metrics.mmmu`): multiple-choice answers parsed to a letter in dataset order with one
 `random.Random(42)`, as CuMo parses them while generating; open answers parsed and compared as eval_open does;
 accuracy overall (the headline, in percent), per domain and per subject, plus how many letters were guesses.
-Unlike main_eval_only.py, which scores only the questions it finds answers to, an unanswered question counts
-as wrong and is counted.
+Every question must be answered (main_eval_only.py would score only the questions it finds answers to).
 """
 
 import ast
-import json
 import random
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from datasets import Image as ImageFeature
 from datasets import load_dataset
 
 from cumo.eval.benchmark import Benchmark, Question, Result
+from cumo.eval.benchmarks.common import read_json, replies
 from cumo.eval.metrics.mmmu import (
     MULTIPLE_CHOICE,
     SEED,
@@ -54,22 +53,22 @@ def options_list(options: str, question_id: str) -> list[str]:
 
 def questions(folder: Path) -> list[Question]:
     """All 30 subjects' validation questions, as model_vqa_mmmu.py asks them."""
-    result = []
+    asked = []
     for subject in SUBJECTS:
         rows = load_dataset(str(folder), subject, split=SPLIT).cast_column(
             "image_1", ImageFeature(decode=False)
         )
         for row in rows:
             options = options_list(row["options"], row["id"])
-            result.append(
+            asked.append(
                 Question(
                     question_id=row["id"],
                     text=prompt(row["question"], row["question_type"], options),
                     image=None if row["image_1"] is None else row["image_1"]["bytes"],
-                    metadata={"question_type": row["question_type"], "options": options},
+                    metadata={"options": options},
                 )
             )
-    return result
+    return asked
 
 
 def subject_of(question_id: str) -> str:
@@ -77,53 +76,34 @@ def subject_of(question_id: str) -> str:
     return "_".join(question_id.split("_")[1:-1])
 
 
-def dataset_order(question_id: str) -> tuple[int, int]:
-    return SUBJECTS.index(subject_of(question_id)), int(question_id.rsplit("_", 1)[1])
-
-
 def score(folder: Path, predictions: list[dict], judge=None) -> Result:
     """MMMU's accuracy against answer_dict_val.json; `judge` is unused (MMMU parses answers by rule)."""
     path = Path(folder) / ANSWERS
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: MMMU's ground truth (MMMU-Benchmark/MMMU eval/) goes there"
+    truth = read_json(path, "MMMU's ground truth (MMMU-Benchmark/MMMU eval/answer_dict_val.json)")
+    asked = questions(folder)
+    unanswerable = [question.question_id for question in asked if question.question_id not in truth]
+    if unanswerable:
+        raise ValueError(
+            f"{path} has no answer to {len(unanswerable)} question(s) (first: {unanswerable[:5]})"
         )
-    truth = json.loads(path.read_text(encoding="utf-8"))
-    by_id = {p["question_id"]: p for p in predictions}
-    unknown = sorted(set(by_id) - set(truth))
-    if unknown:
-        raise ValueError(f"{len(unknown)} prediction(s) for questions not in {path} (first: {unknown[:5]})")
-    rng = random.Random(SEED)
+    rng = random.Random(SEED)  # drawn from in dataset order, as model_vqa_mmmu.py parses while it generates
     correct: dict[str, list[bool]] = {}
-    missing = guessed = 0
-    for question_id in sorted(truth, key=dataset_order):
-        entry, prediction = truth[question_id], by_id.get(question_id)
-        if prediction is None:
-            missing += 1
-            right = False
-        elif entry["question_type"] == MULTIPLE_CHOICE:
-            letter, guess = parse_choice(prediction["text"], options_of(prediction), rng)
+    guessed = 0
+    for question, reply in zip(asked, replies("mmmu", asked, predictions), strict=True):
+        entry = truth[question.question_id]
+        if entry["question_type"] == MULTIPLE_CHOICE:
+            letter, guess = parse_choice(reply, question.metadata["options"], rng)
             guessed += guess
             right = choice_correct(entry["ground_truth"], letter)
         else:
-            right = open_correct(entry["ground_truth"], parse_open(prediction["text"]))
-        correct.setdefault(subject_of(question_id), []).append(right)
+            right = open_correct(entry["ground_truth"], parse_open(reply))
+        correct.setdefault(subject_of(question.question_id), []).append(right)
     report = accuracy_report(correct)
     return Result(
         headline=report["overall"]["accuracy"],
-        metrics={**report, "guessed_letters": guessed, "unanswered": missing},
+        metrics={**report, "guessed_letters": guessed},
         n=report["overall"]["n"],
     )
-
-
-def options_of(prediction: dict) -> list[str]:
-    options = prediction.get("metadata", {}).get("options")
-    if options is None:
-        raise ValueError(
-            f"MMMU prediction {prediction['question_id']} has no metadata.options: score predictions made from "
-            "cumo.eval.benchmarks.mmmu questions (their metadata is passed through)"
-        )
-    return options
 
 
 BENCHMARK = Benchmark(

@@ -11,15 +11,15 @@ video questions, asked on a middle frame; they are counted and left out, as SEED
 text is the file's own. Answers are a letter: 128 new tokens, model_vqa_loader.py's default, is plenty.
 
 Score (`cumo.eval.metrics.seed`, from LLaVA's convert_seed_for_submission.py): exact letter match against
-the annotations, accuracy per dimension and over all image questions (the headline, in percent); a question
-without an answer counts as wrong and is counted, as LLaVA counts it.
+the annotations, accuracy per dimension and over all image questions (the headline, in percent). Every
+image question must be answered (LLaVA would count a missing answer as wrong; here it is an error).
 """
 
-import json
 import logging
 from pathlib import Path
 
 from cumo.eval.benchmark import Benchmark, Question, Result
+from cumo.eval.benchmarks.common import read_json, read_jsonl, replies
 from cumo.eval.metrics.seed import accuracy_report, is_right
 
 logger = logging.getLogger(__name__)
@@ -30,10 +30,9 @@ DATA_TYPE = "image"
 
 
 def read_annotations(folder: Path) -> dict:
-    path = Path(folder) / ANNOTATIONS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: SEED-Bench's annotations (AILab-CVC/SEED-Bench) go there")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(
+        Path(folder) / ANNOTATIONS, "SEED-Bench's annotations (AILab-CVC/SEED-Bench SEED-Bench.json)"
+    )
 
 
 def questions(folder: Path) -> list[Question]:
@@ -41,7 +40,7 @@ def questions(folder: Path) -> list[Question]:
     folder = Path(folder)
     data_types = {str(q["question_id"]): q["data_type"] for q in read_annotations(folder)["questions"]}
     path = folder / QUESTIONS
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(path, "LLaVA's SEED-Bench question file (llava-seed-bench.jsonl)")
     unknown = [row["question_id"] for row in rows if str(row["question_id"]) not in data_types]
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} question(s) not in {ANNOTATIONS} (first: {unknown[:5]})")
@@ -51,39 +50,24 @@ def questions(folder: Path) -> list[Question]:
             "%s: %d of %d questions are not image questions, left out", path, len(rows) - len(kept), len(rows)
         )
     return [
-        Question(
-            question_id=row["question_id"],
-            text=row["text"],
-            image=folder / row["image"],
-            metadata={"category": row["category"]},
-        )
+        Question(question_id=row["question_id"], text=row["text"], image=folder / row["image"])
         for row in kept
     ]
 
 
 def score(folder: Path, predictions: list[dict], judge=None) -> Result:
-    """Exact-match accuracy over the image questions of SEED-Bench.json; `judge` is unused."""
+    """Exact-match accuracy over the image questions, dimensions in SEED's order; `judge` is unused."""
+    asked = questions(folder)
     annotations = read_annotations(folder)
     names = {type_id: name for name, type_id in annotations["question_type"].items()}
-    image_questions = sorted(
-        (q for q in annotations["questions"] if q["data_type"] == DATA_TYPE),
-        key=lambda q: q["question_type_id"],
-    )
-    texts = {str(p["question_id"]): p["text"] for p in predictions}
-    unknown = sorted(set(texts) - {str(q["question_id"]) for q in image_questions})
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} prediction(s) for no image question of {ANNOTATIONS} (first: {unknown[:5]})"
-        )
-    results, missing = [], 0
-    for question in image_questions:
-        text = texts.get(str(question["question_id"]))
-        missing += text is None
-        results.append(
-            (names[question["question_type_id"]], text is not None and is_right(text, question["answer"]))
-        )
-    report = accuracy_report(results)
-    return Result(headline=report["overall"], metrics={**report, "unanswered": missing}, n=len(results))
+    by_id = {str(q["question_id"]): q for q in annotations["questions"]}
+    results = []  # (question_type_id, right)
+    for question, reply in zip(asked, replies("seed", asked, predictions), strict=True):
+        annotation = by_id[str(question.question_id)]
+        results.append((annotation["question_type_id"], is_right(reply, annotation["answer"])))
+    results.sort(key=lambda result: result[0])  # stable: dimension by dimension, each in file order
+    report = accuracy_report([(names[type_id], right) for type_id, right in results])
+    return Result(headline=report["overall"], metrics=report, n=len(results))
 
 
 BENCHMARK = Benchmark(
