@@ -20,6 +20,7 @@ whole and verified, so an interrupted run resumes where it stopped.
 """
 
 import fcntl
+import fnmatch
 import hashlib
 import http.client
 import importlib
@@ -109,6 +110,7 @@ class Extract:
     into: str = "."
     expect: tuple[str, ...] = ()  # paths (relative to the source's folder) the extraction must produce
     flatten: bool = False  # drop the members' folders, as `unzip -j`
+    only: tuple[str, ...] = ()  # fnmatch patterns over member paths: extract just those (one file of many)
 
 
 @dataclass(frozen=True)
@@ -542,18 +544,23 @@ def _check_member(archive: Path, name: str, link: str | None = None, hard: bool 
     )
 
 
-def extract_archive(archive: Path, into: Path, *, flatten: bool = False) -> int:
+def extract_archive(archive: Path, into: Path, *, flatten: bool = False, only: tuple[str, ...] = ()) -> int:
     """Extract a zip or tar (.tar, .tar.gz, ...) archive into `into` and return the number of files.
 
-    Every member is checked before the first is written. `flatten` keeps only the members' file names.
+    Every member is checked before the first is written. `flatten` keeps only the members' file names;
+    `only` (fnmatch patterns over member paths) extracts just the members that match one.
     """
+
+    def wanted(name: str) -> bool:
+        return not only or any(fnmatch.fnmatch(name, pattern) for pattern in only)
+
     into.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zipped:
             members = zipped.infolist()
             for member in members:
                 _check_member(archive, member.filename)
-            files = [member for member in members if not member.is_dir()]
+            files = [member for member in members if not member.is_dir() and wanted(member.filename)]
             for member in tqdm(files, desc=f"extract {archive.name}", unit="file", leave=False):
                 target = into / (PurePosixPath(member.filename).name if flatten else member.filename)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -572,6 +579,7 @@ def extract_archive(archive: Path, into: Path, *, flatten: bool = False) -> int:
                         f"{archive}: member {member.name!r} is a device or pipe; the archive is refused and "
                         "nothing was extracted from it. An image archive holds files only: download it again."
                     )
+            members = [member for member in members if wanted(member.name)]
             if flatten:
                 members = [
                     member.replace(name=PurePosixPath(member.name).name)
@@ -679,7 +687,7 @@ def download_source(source: Source, data_root: str | Path) -> dict:
                 )
             for archive in archives:
                 extracted[archive.relative_to(folder).as_posix()] = extract_archive(
-                    archive, folder / step.into, flatten=step.flatten
+                    archive, folder / step.into, flatten=step.flatten, only=step.only
                 )
             for path in step.expect:
                 if not (folder / path).exists():
