@@ -493,7 +493,8 @@ DESIGN_FOLDERS = {
 
 def test_shipped_declarations_cover_every_source_in_cumos_tree():
     sources = load_sources(REPO_ROOT / "config/sources.yaml")
-    assert set(sources) == ISSUE_SOURCES
+    # The evaluation sources (eval_*) are tests/test_eval_sources.py's.
+    assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES
     assert DESIGN_FOLDERS <= {source.folder for source in sources.values()}
     assert {repo.repo for s in sources.values() for repo in s.hub} >= {
         "liuhaotian/LLaVA-Pretrain", "FreedomIntelligence/ALLaVA-4V", "liuhaotian/LLaVA-Instruct-150K",
