@@ -1,4 +1,5 @@
-"""From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every training source.
+"""From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every source, training data
+and benchmarks alike.
 
 The sources are declared in `config/sources.yaml` (repo ids, revisions, allow-patterns, URLs, digests,
 target folders); a source that needs code (a conversion to LLaVA's conversation schema, images named by
