@@ -106,6 +106,13 @@ def test_wrong_answers_score_by_hand(folder, asked, problems):
     assert result.metrics["unparsed"] == images // 3
 
 
-def test_missing_answer_is_an_error(folder, asked):
-    with pytest.raises(ValueError, match="1 question.s. unanswered"):
-        get("sqa").score(folder, answered(asked[1:], ["A"] * (len(asked) - 1)))
+def test_incomplete_predictions_are_an_error(folder, asked):
+    """Every question answered exactly once (cumo.eval.benchmarks.common.replies), or the scorer says why."""
+    complete = answered(asked, ["A"] * len(asked))
+    for broken, message in (
+        (complete[1:], "1 question.s. unanswered"),
+        (complete + complete[:2], "2 answered twice"),
+        (complete + [dict(complete[0], question_id="no-such-problem")], "1 answer.s. to unknown questions"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            get("sqa").score(folder, broken)
