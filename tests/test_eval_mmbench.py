@@ -4,6 +4,7 @@ and the submission sheet of convert_mmbench_for_submission.py."""
 
 import base64
 import csv
+import json
 
 import pandas as pd
 import pytest
@@ -145,6 +146,7 @@ def test_oracle_scores_100(folder, lang):
     result = benchmark.score(folder, answered(benchmark.questions(folder), [row["answer"] for row in rows]))
     assert result.headline == 100.0 and result.n == sum(int(row["index"]) < 1_000_000 for row in rows) == 40
     assert result.metrics["hit"] == 40 and result.metrics["rows"] == len(rows)
+    json.dumps(result.metrics)  # metrics.json takes them as they are
 
 
 @pytest.mark.parametrize("lang", LANGS)

@@ -175,6 +175,7 @@ def test_oracle_scores_100(folder, asked, truth):
     result = BENCHMARK.score(folder, answered(asked, [truth[q.question_id]["ground_truth"] for q in asked]))
     assert result.headline == 100.0 and result.n == 60 and result.metrics["guessed_letters"] == 0
     assert set(result.metrics["subject"]) == set(SUBJECTS)
+    json.dumps(result.metrics)  # metrics.json takes them as they are
 
 
 def test_wrong_answers_score_as_worked_out(folder, asked, truth):

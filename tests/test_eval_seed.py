@@ -96,6 +96,7 @@ def test_oracle_scores_100(folder, asked, annotations):
     by_id, names = annotations
     result = BENCHMARK.score(folder, answered(asked, [by_id[q.question_id]["answer"] for q in asked]))
     assert result.headline == 100.0 and result.n == 40
+    json.dumps(result.metrics)  # metrics.json takes them as they are
     assert set(result.metrics["dimension"]) == {names[q["question_type_id"]] for q in by_id.values()}
 
 

@@ -16,7 +16,6 @@ the others are right but an answer matches nothing, VLMEvalKit asks a GPT judge;
 which is ours, counts the question as failed, and we count how many questions that happened to.
 """
 
-LANGUAGES = ("en", "cn")
 LETTER_INSTRUCTION = {
     "en": "Answer with the option's letter from the given choices directly.",
     "cn": "请直接回答选项字母。",
