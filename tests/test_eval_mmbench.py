@@ -5,6 +5,7 @@ and the submission sheet of convert_mmbench_for_submission.py."""
 import base64
 import csv
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -202,6 +203,9 @@ def test_submission_is_refused_unless_every_row_is_answered_once(folder, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+SHEET_COLUMNS = ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+
+
 @pytest.mark.parametrize("lang", LANGS)
 def test_submission_sheet(folder, tmp_path, lang):
     pytest.importorskip("openpyxl")  # pandas writes .xlsx with it, as convert_mmbench_for_submission.py does
@@ -210,7 +214,23 @@ def test_submission_sheet(folder, tmp_path, lang):
     (path,) = benchmark.submission(folder, answered(benchmark.questions(folder), replies), tmp_path)
     assert path == tmp_path / FILES[lang].replace(".tsv", ".xlsx")
     sheet = pd.read_excel(path, engine="openpyxl", keep_default_na=False)
-    assert list(sheet.columns) == ["index", "question", "A", "B", "C", "D", "prediction", "answer", "split"]
+    assert list(sheet.columns) == SHEET_COLUMNS
     assert list(sheet["index"]) == [int(row["index"]) for row in rows]
     assert list(sheet["prediction"]) == replies
     assert list(sheet["question"]) == [row["question"] for row in rows]
+
+
+def test_submission_sheet_without_openpyxl(folder, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openpyxl", None)  # import openpyxl raises ImportError
+    benchmark, rows = get("mmbench"), table_of(folder, "en")
+    replies = [f"reply {row['index']}" for row in rows]
+    (path,) = benchmark.submission(folder, answered(benchmark.questions(folder), replies), tmp_path)
+    assert path == tmp_path / "mmbench_dev_20230712.tsv"
+    with path.open(encoding="utf-8", newline="") as file:
+        sheet = list(csv.DictReader(file, delimiter="\t"))
+    assert list(sheet[0]) == SHEET_COLUMNS
+    for written, row, reply in zip(sheet, rows, replies, strict=True):
+        assert written == {
+            **{column: row[column] for column in SHEET_COLUMNS if column != "prediction"},
+            "prediction": reply,
+        }

@@ -16,10 +16,12 @@ answer matched no option. `judge` is unused: VLMEvalKit's GPT matching is not re
 
 Submission: the sheet LLaVA's scripts/convert_mmbench_for_submission.py writes for MMBench's evaluation server
 (the TSV without hint, category, source, image, comment and l2-category, a `prediction` column after the
-options), as `<tsv name>.xlsx`; it is written only when every row is answered exactly once.
+options), as `<tsv name>.xlsx` (`<tsv name>.tsv` where openpyxl, pandas' xlsx writer, is not installed); it is
+written only when every row is answered exactly once.
 """
 
 import base64
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -36,6 +38,8 @@ from cumo.eval.metrics.mmbench import (
     match,
     prompt,
 )
+
+logger = logging.getLogger(__name__)
 
 FILES = {"en": "mmbench_dev_20230712.tsv", "cn": "mmbench_dev_cn_20231003.tsv"}
 TITLES = {"en": "MMB-EN", "cn": "MMB-CN"}
@@ -114,15 +118,30 @@ def score(folder: Path, predictions: list[dict], judge=None, *, lang: str) -> Re
     )
 
 
+def write_sheet(sheet: pd.DataFrame, stem: Path) -> Path:
+    """`<stem>.xlsx`, the upload format, written by openpyxl as LLaVA writes it; where openpyxl is not installed
+    (it is not a dependency of this package), the same sheet as `<stem>.tsv`, with a warning saying so."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import openpyxl  # noqa: F401  (pandas' xlsx engine)
+    except ImportError:
+        path = stem.with_suffix(".tsv")
+        sheet.to_csv(path, sep="\t", index=False)
+        logger.warning(
+            "openpyxl is not installed: wrote %s; `pip install openpyxl` for the .xlsx to upload", path
+        )
+        return path
+    path = stem.with_suffix(".xlsx")
+    sheet.to_excel(path, index=False, engine="openpyxl")
+    return path
+
+
 def submission(folder: Path, predictions: list[dict], out_dir: Path, *, lang: str) -> list[Path]:
     """The upload sheet of convert_mmbench_for_submission.py; every row must be answered exactly once."""
     table, texts = replies_by_row(folder, predictions, lang)
     sheet = table.drop(columns=NOT_SUBMITTED)
     sheet.insert(PREDICTION_COLUMN, "prediction", texts)
-    out = Path(out_dir) / (Path(FILES[lang]).stem + ".xlsx")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.to_excel(out, index=False, engine="openpyxl")
-    return [out]
+    return [write_sheet(sheet, Path(out_dir) / Path(FILES[lang]).stem)]
 
 
 def declare(lang: str) -> Benchmark:
