@@ -4,7 +4,8 @@ Files (CuMo scripts/cumo/eval/seed.sh, LLaVA scripts/v1_5/eval/seed.sh): `eval/s
 (LLaVA's question file: image, text with the options and the letter instruction, category, question_id),
 `eval/seed_bench/SEED-Bench.json` (AILab-CVC/SEED-Bench's annotations: answer, data_type, question_type_id
 per question, and the dimension names) and the images under `eval/seed_bench/` (SEED-Bench-image/...).
-CuMo's script names its question file llava-seed-bench-new.jsonl, which is not published; LLaVA's is read.
+CuMo's script names its question file llava-seed-bench-new.jsonl; LLaVA's, the one its eval download holds, is
+read here.
 
 Questions: the question file's rows whose annotation says `data_type` "image" (LLaVA's file also holds the
 video questions, asked on a middle frame; they are counted and left out, as SEED-IMG leaves them out); the
