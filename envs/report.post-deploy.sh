@@ -1,0 +1,1 @@
+data.post-deploy.sh

@@ -1,0 +1,193 @@
+# Config validation, the target lists and the input functions: everything the rules compute about paths
+# (snakemake-workflows/rna-seq-star-deseq2 keeps the same split). Rules only wire what is named here.
+import os
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RUN = f"results/{config['run']}"
+DATA = config["data_root"]
+STAGES = ("pretrain", "pft", "sft")
+PREVIOUS = {"pft": "pretrain", "sft": "pft"}  # cumo/train/stages.py PREVIOUS
+# The benchmarks a judge model scores (cumo/eval/benchmarks/<name>.py: judged=True; tests/test_workflow.py
+# checks the two agree). Without a judge in the config they are not targets, and the table leaves them empty.
+JUDGED = ("mmvet", "llava_wild", "mathvista")
+# Sources declared for `cumo download` (its default --config): a source's marker path and what it requires.
+SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
+
+MODELS = list(config["models"])
+TRAINED = [name for name, model in config["models"].items() if "preset" in model]
+BENCHMARKS = [
+    name for name in config["benchmarks"] if config["judge"] or name not in JUDGED
+]
+UNJUDGED = [name for name in config["benchmarks"] if name not in BENCHMARKS]
+
+METRICS = expand(
+    f"{RUN}/eval/{{model}}/{{bench}}/metrics.json", model=MODELS, bench=BENCHMARKS
+)
+TABLES = expand(f"{RUN}/tables/main.{{ext}}", ext=("csv", "md", "tex"))
+PLOTS = expand(f"{RUN}/plots/benchmarks.{{ext}}", ext=("png", "pdf")) + expand(
+    f"{RUN}/plots/{{kind}}_{{model}}.{{ext}}",
+    kind=("loss", "aux", "expert_load"),
+    model=TRAINED,
+    ext=("png", "pdf"),
+)
+
+
+wildcard_constraints:
+    model="|".join(map(re.escape, MODELS)),
+    stage="|".join(STAGES),
+    bench="|".join(config["benchmarks"]),
+    source="[a-z0-9_]+",
+
+
+def source_marker(name):
+    """`cumo download`'s completion marker of a source: <data_root>/<folder>/.<name>.done."""
+    if name not in SOURCES:
+        raise ValueError(
+            f"source {name!r} (config) is not declared in config/sources.yaml; declared: {', '.join(SOURCES)}"
+        )
+    return f"{DATA}/{SOURCES[name]['folder']}/.{name}.done"
+
+
+def required_markers(wildcards):
+    """A download waits for the sources it requires, so each source is fetched by its own job."""
+    return [
+        source_marker(name) for name in SOURCES[wildcards.source].get("requires", [])
+    ]
+
+
+def synthetic_flags(wildcards):
+    world = config["synthetic"]
+    return f"--seed {world['seed']} --per-benchmark {world['per_benchmark']}"
+
+
+def mixture_inputs(wildcards):
+    """The stage's mixture JSONs when the shapes world writes them; otherwise the markers of their sources."""
+    mixture = config["mixtures"][wildcards.stage]
+    if config["synthetic"]:
+        return [f"{DATA}/{path}" for path in mixture["jsons"]]
+    return [source_marker(name) for name in mixture["sources"]]
+
+
+def mixture_jsons(wildcards):
+    return [f"{DATA}/{path}" for path in config["mixtures"][wildcards.stage]["jsons"]]
+
+
+def image_folder_flag(wildcards):
+    folder = config["mixtures"][wildcards.stage]["image_folder"]
+    return f"--image-folder {shlex.quote(folder)}" if folder else ""
+
+
+def model_preset(wildcards):
+    return config["models"][wildcards.model]["preset"]
+
+
+def previous_model(wildcards):
+    """pft starts from pretrain's export, sft from pft's (co-upcycled); pretrain from the preset."""
+    previous = PREVIOUS.get(wildcards.stage)
+    return [f"{RUN}/models/{wildcards.model}/{previous}"] if previous else []
+
+
+def previous_flag(wildcards, input):
+    return f"--previous {input.previous}" if input.previous else ""
+
+
+def checkpoints_dir(wildcards):
+    # Outside the stage's declared output, which Snakemake deletes before the job runs: a resubmitted job
+    # resumes from here. Per run, so another run of the same model name never resumes this one's state.
+    return f"checkpoints/{config['run']}/{wildcards.model}/{wildcards.stage}"
+
+
+def train_nodes(wildcards):
+    return config["train"]["nodes"][wildcards.stage]
+
+
+def launch_flags(wildcards):
+    """`cumo launch`: torchrun with one rank per GPU on one node, or one srun task per GPU across nodes."""
+    train = config["train"]
+    return (
+        f"--nodes {train_nodes(wildcards)} --gpus-per-node {train['processes_per_node']}"
+        f" --cpus-per-task {train['cpus_per_process']} --processes {train['processes_per_node']}"
+        f" --device {train['device']}"
+    )
+
+
+# Slurm resources of a training job (snakemake-executor-plugin-slurm 2.8). Across nodes the job is an `mpi`
+# job: the job step runs `cumo launch` as it is, and its srun starts tasks_per_node ranks per node. On one
+# node the step wraps the command in `srun -n1` and torchrun starts the ranks, with all the node's CPUs.
+def train_tasks_per_node(wildcards):
+    return config["train"]["processes_per_node"] if train_nodes(wildcards) > 1 else None
+
+
+def train_cpus_per_task(wildcards):
+    train = config["train"]
+    per_node = 1 if train_nodes(wildcards) > 1 else train["processes_per_node"]
+    return per_node * train["cpus_per_process"]
+
+
+def train_mpi(wildcards):
+    return "srun" if train_nodes(wildcards) > 1 else None
+
+
+def train_gres(wildcards):
+    train = config["train"]
+    return f"gpu:{train['processes_per_node']}" if train["device"] == "cuda" else None
+
+
+def eval_gres(wildcards):
+    """One GPU per shard: `cumo eval` runs shard i on GPU i."""
+    return (
+        f"gpu:{config['eval']['shards']}"
+        if config["eval"]["device"] == "cuda"
+        else None
+    )
+
+
+def evaluated_model(wildcards):
+    """A model trained here is evaluated after sft; a released checkpoint after its conversion."""
+    stage = "sft" if wildcards.model in TRAINED else "released"
+    return f"{RUN}/models/{wildcards.model}/{stage}"
+
+
+def eval_data(wildcards):
+    """The benchmark's files: the shapes world's, or those of its `eval_<bench>` source."""
+    return (
+        f"{DATA}/eval"
+        if config["synthetic"]
+        else source_marker(f"eval_{wildcards.bench}")
+    )
+
+
+def judge_flags(wildcards):
+    judge = config["judge"]
+    if wildcards.bench not in JUDGED:
+        return ""
+    flags = f"--judge-model {shlex.quote(judge['model'])} --judge-runs {judge['runs']}"
+    return flags + (
+        f" --judge-base-url {shlex.quote(judge['base_url'])}"
+        if judge["base_url"]
+        else ""
+    )
+
+
+def output_dir(wildcards, output):
+    """The folder of a step's first output: `cumo eval` and `cumo report` take a folder, not files."""
+    return os.path.dirname(output[0])
+
+
+def released_checkpoint(wildcards):
+    return config["models"][wildcards.model]["released"]
+
+
+onstart:
+    if UNJUDGED:
+        logger.warning(
+            f"no judge in the config: {', '.join(UNJUDGED)} left out of the targets "
+            f"({len(UNJUDGED)} of {len(config['benchmarks'])} benchmarks; their table cells stay empty)"
+        )

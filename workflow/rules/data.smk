@@ -1,0 +1,59 @@
+# The data tree: downloads of the declared sources (config/sources.yaml) or the shapes world, then each
+# stage's mixture validated into the Arrow file training reads. `cumo download`, `cumo synthetic`, `cumo mixture`.
+
+
+# One job per source; its marker is the only output, so the fetched files (often hundreds of GB, resumed
+# with Range requests) are never deleted by Snakemake before a retry.
+rule download:
+    input:
+        required_markers,
+    output:
+        f"{DATA}/{{folder}}/.{{source}}.done",
+    log:
+        f"{RUN}/logs/download/{{folder}}/{{source}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/download/{{folder}}/{{source}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        data_root=DATA,
+    shell:
+        "cumo download {wildcards.source} --data-root {params.data_root} > {log} 2>&1"
+
+
+rule synthetic:
+    output:
+        jsons=expand(f"{DATA}/jsons/synthetic_{{stage}}.json", stage=STAGES),
+        benchmarks=directory(f"{DATA}/eval"),
+    log:
+        f"{RUN}/logs/synthetic.log",
+    benchmark:
+        f"{RUN}/benchmarks/synthetic.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        data_root=DATA,
+        world=synthetic_flags,
+    shell:
+        "cumo synthetic --data-root {params.data_root} {params.world} > {log} 2>&1"
+
+
+rule mixture:
+    input:
+        mixture_inputs,
+    output:
+        arrow=f"{RUN}/data/{{stage}}.arrow",
+        stats=f"{RUN}/data/{{stage}}.stats.json",
+    log:
+        f"{RUN}/logs/mixture/{{stage}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/mixture/{{stage}}.tsv"
+    conda:
+        "../../envs/data.yaml"
+    params:
+        jsons=mixture_jsons,
+        data_root=DATA,
+        image_folder=image_folder_flag,
+    shell:
+        "cumo mixture {params.jsons} --data-root {params.data_root} {params.image_folder}"
+        " --out {output.arrow} --stats {output.stats} > {log} 2>&1"

@@ -1,0 +1,39 @@
+# Each (model, benchmark) on its own: `cumo eval` writes OUT/predictions.jsonl (resumable, appended per
+# shard, so not a declared output that Snakemake would delete on a retry) and OUT/metrics.json.
+
+
+rule evaluate:
+    input:
+        model=evaluated_model,
+        data=eval_data,
+    output:
+        f"{RUN}/eval/{{model}}/{{bench}}/metrics.json",
+    log:
+        f"{RUN}/logs/eval/{{model}}/{{bench}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/eval/{{model}}/{{bench}}.tsv"
+    conda:
+        "../../envs/eval.yaml"
+    resources:
+        gres=eval_gres,
+    params:
+        data_root=DATA,
+        out=output_dir,
+        batch_size=config["eval"]["batch_size"],
+        shards=config["eval"]["shards"],
+        device=config["eval"]["device"],
+        dtype=config["eval"]["dtype"],
+        judge=judge_flags,
+    shell:
+        "cumo eval {wildcards.bench} --model {input.model} --data-root {params.data_root} --out {params.out}"
+        " --batch-size {params.batch_size} --shards {params.shards} --device {params.device}"
+        " --dtype {params.dtype} {params.judge} > {log} 2>&1"
+
+
+for bench in config["benchmarks"]:
+
+    rule:
+        name:
+            bench
+        input:
+            expand(f"{RUN}/eval/{{model}}/{bench}/metrics.json", model=MODELS),

@@ -1,0 +1,59 @@
+# The three stages of each model trained here (`cumo launch ... -- train`), and the conversion of a released
+# checkpoint that is evaluated instead (`cumo convert from-released`).
+
+
+# The declared output is the exported model (with finished.json and metrics.jsonl); the resumable state is
+# a param, outside it, because Snakemake deletes a job's outputs before it runs (and after it fails).
+rule train:
+    input:
+        data=f"{RUN}/data/{{stage}}.arrow",
+        previous=previous_model,
+    output:
+        directory(f"{RUN}/models/{{model}}/{{stage}}"),
+    log:
+        f"{RUN}/logs/train/{{model}}/{{stage}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/train/{{model}}/{{stage}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    resources:
+        nodes=train_nodes,
+        tasks_per_node=train_tasks_per_node,
+        cpus_per_task=train_cpus_per_task,
+        gres=train_gres,
+        mpi=train_mpi,
+    params:
+        launch=launch_flags,
+        preset=model_preset,
+        data_root=DATA,
+        checkpoints=checkpoints_dir,
+        previous=previous_flag,
+        workers=config["train"]["loader_workers"],
+    shell:
+        "cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
+        " --data {input.data} --data-root {params.data_root} --out {output}"
+        " --checkpoints {params.checkpoints} {params.previous} --workers {params.workers} > {log} 2>&1"
+
+
+rule convert_released:
+    input:
+        released_checkpoint,
+    output:
+        directory(f"{RUN}/models/{{model}}/released"),
+    log:
+        f"{RUN}/logs/convert/{{model}}.log",
+    benchmark:
+        f"{RUN}/benchmarks/convert/{{model}}.tsv"
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "cumo convert from-released {input} {output} > {log} 2>&1"
+
+
+for stage in STAGES:
+
+    rule:
+        name:
+            stage
+        input:
+            expand(f"{RUN}/models/{{model}}/{stage}", model=TRAINED),
