@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test slurm lint bench clean
 
 install: $(STAMP)
 
@@ -21,8 +21,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/cumo demo --out results/demo
 
-test: $(STAMP)
+test: $(STAMP) slurm
 	$(BIN)/python -m pytest
+
+# Debian's Slurm and MUNGE: tests/test_slurm.py starts a real one-node cluster with them.
+slurm:
+	tests/slurm/install.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check cumo tests
