@@ -120,6 +120,8 @@ def evaluate(args) -> None:
         benchmark=args.benchmark,
         model=str(args.model),
         data_root=str(args.data_root),
+        split=args.split,
+        max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         shards=args.shards,
         device=args.device,
@@ -240,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", required=True, type=existing_directory, help="model directory to evaluate")
     sub.add_argument("--data-root", required=True, type=Path, help="data tree with eval/<benchmark folder>")
     sub.add_argument("--out", required=True, type=Path, help="results/<run>/eval/<model>/<bench>")
+    sub.add_argument(
+        "--split", help="another split the benchmark scores locally (VQAv2: val); default: the paper's"
+    )
+    sub.add_argument("--max-new-tokens", type=int, help="cap on answer length (default: the benchmark's own)")
     sub.add_argument("--batch-size", type=int, default=1, help="questions per generate call (paper: 1)")
     sub.add_argument("--shards", type=int, default=1, help="processes (GPUs) that share the questions")
     sub.add_argument("--shard", type=int, help="run only this shard (0-based) of --shards, then stop")

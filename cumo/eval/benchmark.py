@@ -13,7 +13,7 @@ and `metadata` (the question's metadata, passed through for the scorer).
 
 import io
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from PIL import Image
 
 @dataclass(frozen=True)
 class Question:
-    question_id: str | int  # as the benchmark's files spell it: predictions and submissions keep the type
+    # Unique within the benchmark (answers are keyed by it); as the files spell it, so predictions keep the type.
+    question_id: str | int
     text: str  # what the user turn says, prompt suffix included, without the image placeholder
     image: Path | bytes | None  # a file, encoded image bytes (MMBench's base64, parquet), or text-only
     metadata: dict[str, Any] = field(default_factory=dict)  # whatever the scorer needs back (category, ...)
@@ -53,6 +54,31 @@ class Benchmark:
     questions: Callable[[Path], list[Question]]  # <data_root>/eval/<folder> -> the questions, in file order
     score: Callable[..., Result]  # (folder, predictions: list[dict], judge=None) -> Result
     max_new_tokens: int = 128
-    judged: bool = False  # score needs a `cumo.eval.judge.Judge`
+    judge_model: str | None = None  # the paper's judge where `score` needs a `cumo.eval.judge.Judge`
     # (folder, predictions, out_dir) -> files written for an evaluation server (VQAv2, MMBench test, ...)
     submission: Callable[[Path, list[dict], Path], list[Path]] | None = None
+    # Splits scored here besides `split`, name -> (questions, score, headline_metric): VQAv2's val, where
+    # test-dev needs the server.
+    other_splits: dict[str, tuple[Callable, Callable, str]] = field(default_factory=dict)
+
+    @property
+    def judged(self) -> bool:
+        return self.judge_model is not None
+
+    def at_split(self, split: str | None) -> "Benchmark":
+        """This benchmark asked and scored on `split` (None: its own)."""
+        if split is None or split == self.split:
+            return self
+        if split not in self.other_splits:
+            known = ", ".join([self.split, *self.other_splits])
+            raise ValueError(f"{self.title} is evaluated here on: {known}; not on {split!r}")
+        questions, score, headline_metric = self.other_splits[split]
+        return replace(
+            self,
+            split=split,
+            questions=questions,
+            score=score,
+            headline_metric=headline_metric,
+            submission=None,
+            other_splits={},
+        )

@@ -39,6 +39,8 @@ class EvalConfig:
     benchmark: str
     model: str  # the model directory
     data_root: str
+    split: str | None = None  # None: the paper's split; else one the benchmark also scores here (VQAv2: val)
+    max_new_tokens: int | None = None  # None: the benchmark's (its official script's); a cap for quick looks
     batch_size: int = 1  # the paper's scripts answer one question at a time
     shards: int = 1
     device: str = "cpu"
@@ -51,8 +53,9 @@ class EvalConfig:
     def __post_init__(self):
         if self.benchmark not in NAMES:
             raise ValueError(f"unknown benchmark {self.benchmark!r}; known: {', '.join(NAMES)}")
-        if self.batch_size < 1 or self.shards < 1 or self.judge_runs < 1:
-            raise ValueError("batch_size, shards and judge_runs must be at least 1")
+        get(self.benchmark).at_split(self.split)  # a split the benchmark does not have stops here
+        if self.batch_size < 1 or self.shards < 1 or self.judge_runs < 1 or (self.max_new_tokens or 1) < 1:
+            raise ValueError("batch_size, shards, judge_runs and max_new_tokens must be at least 1")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
@@ -67,6 +70,9 @@ class EvalConfig:
     def prompt_variant(self) -> str:
         return "llava-1.5" + ("+blank-images" if self.blank_images else "")
 
+    def resolved(self) -> Benchmark:
+        return get(self.benchmark).at_split(self.split)
+
 
 def folder_of(benchmark: Benchmark, data_root: str | Path) -> Path:
     folder = Path(data_root) / "eval" / benchmark.folder
@@ -80,7 +86,7 @@ def folder_of(benchmark: Benchmark, data_root: str | Path) -> Path:
 
 def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
     """Answer shard `shard` of `config.shards` into out/shards/ (in this process)."""
-    benchmark = get(config.benchmark)
+    benchmark = config.resolved()
     questions = shard_questions(
         benchmark.questions(folder_of(benchmark, config.data_root)), shard, config.shards
     )
@@ -91,7 +97,7 @@ def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
         questions,
         shard_path(out, shard, config.shards),
         model_id=Path(config.model).name,
-        max_new_tokens=benchmark.max_new_tokens,
+        max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
         batch_size=config.batch_size,
         blank_images=config.blank_images,
         description=f"{benchmark.name} shard {shard + 1}/{config.shards}",
@@ -107,6 +113,8 @@ def _shard_command(config: EvalConfig, out: Path, shard: int) -> list[str]:
     command += ["--data-root", config.data_root, "--out", str(out), "--batch-size", str(config.batch_size)]
     command += ["--shards", str(config.shards), "--shard", str(shard), "--device", config.device]
     command += ["--dtype", config.dtype] + (["--blank-images"] if config.blank_images else [])
+    command += ["--split", config.split] if config.split else []
+    command += ["--max-new-tokens", str(config.max_new_tokens)] if config.max_new_tokens else []
     return command
 
 
@@ -125,13 +133,14 @@ def _run_shards(config: EvalConfig, out: Path) -> None:
         )
 
 
-def _judge(config: EvalConfig, out: Path):
+def _judge(config: EvalConfig, benchmark: Benchmark, out: Path):
     from cumo.eval.judge import Judge
 
     if config.judge_model is None:
         raise ValueError(
-            f"{config.benchmark} is scored by a judge model: give --judge-model (the paper: gpt-4-0613) and, for "
-            "a server other than OpenAI's, --judge-base-url; the key is read from OPENAI_API_KEY"
+            f"{benchmark.title} is scored by a judge model: give --judge-model (the paper's: "
+            f"{benchmark.judge_model}) and, for a server other than OpenAI's, --judge-base-url; the key is read "
+            "from OPENAI_API_KEY"
         )
     return Judge(
         model=config.judge_model,
@@ -144,13 +153,13 @@ def _judge(config: EvalConfig, out: Path):
 def evaluate(config: EvalConfig, out: str | Path) -> dict:
     """Generate (sharded), merge, score and write metrics.json; returns what it wrote."""
     out = Path(out)
-    benchmark = get(config.benchmark)
+    benchmark = config.resolved()
     folder = folder_of(benchmark, config.data_root)
     questions = benchmark.questions(folder)
     keys = [json.dumps(q.question_id) for q in questions]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{benchmark.name}: question ids repeat in {folder}; each question needs its own id")
-    judge = _judge(config, out) if benchmark.judged else None
+    judge = _judge(config, benchmark, out) if benchmark.judged else None
 
     started = time.monotonic()
     if config.shards == 1:

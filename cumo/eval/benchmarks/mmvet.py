@@ -157,5 +157,5 @@ BENCHMARK = Benchmark(
     questions=questions,
     score=score,
     max_new_tokens=1024,
-    judged=True,
+    judge_model=JUDGE_MODEL,
 )

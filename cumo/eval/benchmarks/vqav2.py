@@ -80,7 +80,7 @@ def val_questions(folder: Path) -> list[Question]:
     return read_questions(folder, VAL, "val2014")
 
 
-def score_val(folder: Path, predictions: list[dict]) -> Result:
+def score_val(folder: Path, predictions: list[dict], judge=None) -> Result:
     """VQA accuracy of answers to `val_questions(folder)`, normalised as a submission would be."""
     asked = val_questions(folder)
     annotations = read_json(folder / VAL_ANNOTATIONS, "VQAv2 val2014 annotations (visualqa.org)")[
@@ -114,4 +114,5 @@ BENCHMARK = Benchmark(
     score=score,
     max_new_tokens=128,
     submission=submission,
+    other_splits={"val": (val_questions, score_val, "val accuracy (VQA accuracy, local)")},
 )
