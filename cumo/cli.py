@@ -29,7 +29,8 @@ def demo(args) -> None:
 
 
 def download(args) -> None:
-    """Download training sources (and those they require) into the data tree, verified, with .done markers."""
+    """Download training sources and benchmarks (eval_<bench>), and what they require, into the data tree,
+    verified, with .done markers."""
     from cumo.data.download import default_data_root
     from cumo.data.download import download as download_sources
 
