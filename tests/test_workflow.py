@@ -42,8 +42,9 @@ def snakemake(*args, cwd=ROOT) -> subprocess.CompletedProcess:
 
 
 def dry_run(*args) -> list[dict]:
-    """The jobs `snakemake --dry-run` plans: [{"rule", "output": [...], "wildcards": {...}}]."""
-    result = snakemake("--dry-run", *args)
+    """The jobs `snakemake --dry-run` plans: [{"rule", "output": [...], "wildcards": {...}}]; every job of
+    the DAG, whatever outputs a run in this checkout left (--forceall)."""
+    result = snakemake("--dry-run", "--forceall", *args)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = []
     for line in result.stdout.splitlines():
@@ -191,7 +192,9 @@ def test_one_benchmark_schedules_only_its_ancestors():
 
 def test_training_commands_follow_the_config():
     """sft spans two nodes as an mpi job (its srun starts the ranks); one-node stages run torchrun."""
-    result = snakemake("--dry-run", "--printshellcmds", *PAPER, "results/paper/models/cumo-mixtral-8x7b/sft")
+    result = snakemake(
+        "--dry-run", "--forceall", "--printshellcmds", *PAPER, "results/paper/models/cumo-mixtral-8x7b/sft"
+    )
     text = result.stdout
     assert result.returncode == 0, text + result.stderr
     sft = re.search(r"wildcards: model=cumo-mixtral-8x7b, stage=sft\n    resources: (.*)", text)[1]
@@ -458,7 +461,16 @@ def test_default_profile_resources_name_real_rules_and_grow_with_attempt():
 def test_slurm_profile_resubmits_and_runs_the_paper():
     profile = load("profiles/slurm/config.yaml")
     assert profile["executor"] == "slurm" and profile["retries"] >= 1 and profile["rerun-incomplete"]
-    assert profile["configfile"] == "config/config.yaml" and profile["replace-workflow-config"]
-    assert profile["software-deployment-method"] == "conda"
+    assert profile["software-deployment-method"] == "conda" and profile["slurm-status-command"] in (
+        "sacct",
+        "squeue",
+    )
     assert "set-resources" not in profile, "profiles/default's set-resources would override it"
     assert "executor" not in load("profiles/local/config.yaml")
+    # The profile as Snakemake reads it (with the plugin's options) plans the paper and nothing of the tiny
+    # run; env modules instead of conda, which this machine lacks (a dry run builds no env either way).
+    jobs = dry_run("--profile", "profiles/slurm", "--software-deployment-method", "env-modules")
+    config = load("config/config.yaml")
+    assert outputs(jobs, "evaluate") == {
+        f"results/paper/eval/{model}/{bench}/metrics.json" for model in config["models"] for bench in NAMES
+    }
