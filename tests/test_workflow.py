@@ -32,8 +32,16 @@ TRAINING_STAGES = ("pretrain", "pft", "sft")
 
 
 def snakemake(*args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """A run that neither waits for nor trips over a workflow running in this checkout (make demo)."""
     return subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(ROOT / "workflow" / "Snakefile"), *args],
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(ROOT / "workflow" / "Snakefile"),
+            "--nolock",
+            "--rerun-incomplete",
+            *args,
+        ],
         cwd=cwd,
         capture_output=True,
         text=True,

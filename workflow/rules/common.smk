@@ -121,14 +121,19 @@ def launch_flags(wildcards):
 # Slurm resources of a training job (snakemake-executor-plugin-slurm 2.8). Across nodes the job is an `mpi`
 # job: the job step runs `cumo launch` as it is, and its srun starts tasks_per_node ranks per node. On one
 # node the step wraps the command in `srun -n1` and torchrun starts the ranks, with all the node's CPUs.
+def train_threads(wildcards):
+    """The cores of one node (all its ranks): what a local run sets aside for a training job."""
+    return config["train"]["processes_per_node"] * config["train"]["cpus_per_process"]
+
+
 def train_tasks_per_node(wildcards):
     return config["train"]["processes_per_node"] if train_nodes(wildcards) > 1 else None
 
 
 def train_cpus_per_task(wildcards):
-    train = config["train"]
-    per_node = 1 if train_nodes(wildcards) > 1 else train["processes_per_node"]
-    return per_node * train["cpus_per_process"]
+    if train_nodes(wildcards) > 1:
+        return config["train"]["cpus_per_process"]
+    return train_threads(wildcards)
 
 
 def train_mpi(wildcards):

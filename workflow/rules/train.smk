@@ -16,6 +16,7 @@ rule train:
         f"{RUN}/benchmarks/train/{{model}}/{{stage}}.tsv"
     conda:
         "../../envs/train.yaml"
+    threads: train_threads
     resources:
         nodes=train_nodes,
         tasks_per_node=train_tasks_per_node,
