@@ -2,14 +2,20 @@
 new Slurm job with the next attempt's resources when, and only when, retries come from the command line
 (issue 6: a rule's own `retries:` directive re-runs the job inside the same allocation)."""
 
+import json
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 # A job that fails on its first attempt and succeeds on its second, recording per attempt the Slurm job it
 # runs in and the resources Snakemake computed for that attempt.
@@ -105,3 +111,73 @@ def test_cli_retries_resubmit_rule_retries_do_not(slurm_cluster, tmp_path):  # n
     (job, *_), _ = attempts
     assert attempts == [(job, 100, 10), (job, 200, 20)] and submitted == [job]  # one Slurm job for both
     assert job_limits(slurm_cluster, job) == ("COMPLETED", "10:00", "100M")  # attempt 1's limits throughout
+
+
+def slurm_profile(repository: Path) -> Path:
+    """profiles/slurm for this one-node cluster: the same retries and rerun settings, without conda
+    (no network in the tests: the rules run in this venv) and with short waits; the workflow profile's
+    memory scaled to the node (the paper's 400 GB training jobs would never be scheduled), its runtimes,
+    their growth with the attempt and the training jobs' --signal kept."""
+    profile = yaml.safe_load((repository / "profiles" / "slurm" / "config.yaml").read_text())
+    for key in ("software-deployment-method", "configfile", "replace-workflow-config"):
+        profile.pop(key)  # the tiny run is the embedded default
+    profile |= {
+        "jobs": 1,
+        "latency-wait": 5,
+        "slurm-init-seconds-before-status-checks": 1,
+        "slurm-no-account": True,
+    }
+    path = repository / "profiles" / "slurm-test" / "config.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(profile))
+    workflow_profile = repository / "profiles" / "default" / "config.yaml"
+    resources = yaml.safe_load(workflow_profile.read_text())
+    for rule in resources["set-resources"].values():
+        rule["mem_mb"] = "2000 * attempt"
+    workflow_profile.write_text(yaml.safe_dump(resources))
+    return path.parent
+
+
+@pytest.mark.slow
+def test_training_killed_mid_stage_resumes_in_a_new_job(slurm_cluster, tmp_path):  # noqa: F811
+    """The tiny DAG up to pretrain through profiles/slurm: the training job gets SIGTERM mid-stage (as Slurm
+    sends it before a time limit, --signal=TERM@300), saves and fails; Snakemake submits it again as a new
+    Slurm job, which resumes from the saved step instead of step 0."""
+    repository = tmp_path / "repo"
+    for folder in ("workflow", "config", "profiles", "envs"):
+        shutil.copytree(REPOSITORY / folder, repository / folder)
+    profile = slurm_profile(repository)
+    assert yaml.safe_load((profile / "config.yaml").read_text())["retries"] >= 1
+
+    bin_dir, target = str(Path(sys.executable).parent), "results/tiny/models/tiny/pretrain"
+    run = subprocess.Popen(
+        # No accounting on this cluster, hence no sacct: states from squeue (profiles/slurm says so).
+        [f"{bin_dir}/snakemake", "--profile", str(profile), "--slurm-status-command", "squeue", target],
+        cwd=repository,
+        env={**slurm_cluster.env, "PATH": bin_dir + ":" + slurm_cluster.env["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    steps_log = repository / "checkpoints" / "tiny" / "tiny" / "pretrain" / "metrics.jsonl"
+    deadline = time.monotonic() + 400
+    while not (steps_log.is_file() and len(steps_log.read_text().splitlines()) >= 10):
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+        time.sleep(0.2)
+    jobs = slurm_cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").splitlines()
+    (first,) = [int(line.split()[0]) for line in jobs if "rule_train" in line]
+    slurm_cluster.run("scancel", "--signal=TERM", str(first))  # to the job's steps, as --signal=TERM@300 does
+
+    log, _ = run.communicate(timeout=600)
+    assert run.returncode == 0, f"{log}\n{slurm_cluster.logs()}"
+    submitted = re.findall(r"rule train:.*?submitted with SLURM jobid (\d+)", log, re.DOTALL)
+    assert [int(job) for job in submitted][:1] == [first] and len(submitted) == 2, log
+    assert slurm_cluster.wait(first) == "FAILED" and slurm_cluster.wait(submitted[1]) == "COMPLETED"
+
+    saved = sorted(int(path.name.split("-")[1]) for path in steps_log.parent.glob("checkpoint-*"))
+    assert len(saved) == 2 and 10 <= saved[0] < saved[1] == 125, saved  # the SIGTERM save, then the end
+    # The second job's progress bar starts at the saved step (tqdm initial=step), not at 0.
+    train_log = (repository / "results" / "tiny" / "logs" / "train" / "tiny" / "pretrain.log").read_text()
+    assert re.search(r"pretrain:\s+\d+%\|[^|]*\|\s*(\d+)/125", train_log).group(1) == str(saved[0])
+    steps = [json.loads(line)["step"] for line in steps_log.read_text().splitlines()]
+    assert steps == list(range(1, 126))  # each step logged once
