@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from cumo.cli import main
-from cumo.eval.benchmarks import NAMES
+from cumo.eval.benchmarks import NAMES, get
 from cumo.report.plots import expert_share, write_plots
 from cumo.report.tables import build_table, latex_escape, load_paper, to_latex, to_markdown, write_tables
 
@@ -50,6 +50,13 @@ def test_paper_file_is_table_1():
     assert [column.title for column in paper.columns.values()] == TITLES
     for model, numbers in TABLE_1.items():
         assert [paper.reported[model][name] for name in NAMES] == numbers
+
+
+def test_paper_columns_are_the_benchmarks_declarations():
+    """A reproduced split other than the column's is noted under the table: the two must name them alike."""
+    for name, column in load_paper(PAPER).columns.items():
+        benchmark = get(name)
+        assert (column.title, column.split) == (benchmark.title, benchmark.split), name
 
 
 @pytest.fixture
