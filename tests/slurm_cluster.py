@@ -45,6 +45,7 @@ BINARIES = (
     "scancel",
 )
 MUNGE_SOCKET_DIR = Path("/run/munge")
+CONFIGLESS_LINK = Path("/run/slurm/conf")  # where a configless slurmd links its copy of the configuration
 STARTUP_TIMEOUT_S = 60
 
 
@@ -221,3 +222,6 @@ def slurm_cluster(tmp_path_factory):
         cluster.run("scancel", f"--user={pwd.getpwuid(os.geteuid()).pw_name}", check=False)
     finally:
         stop(processes)
+        # slurmd linked /run/slurm/conf to its copy in `root`: a dangling link would mislead later clients.
+        if CONFIGLESS_LINK.is_symlink() and root in CONFIGLESS_LINK.resolve().parents:
+            CONFIGLESS_LINK.unlink()
