@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from cumo.eval.benchmark import Question
 
 # LLaVA-1.5's prompt suffixes (docs/Evaluation.md).
@@ -26,6 +28,17 @@ def existing(path: Path, what: str) -> Path:
 
 def read_json(path: Path, what: str) -> Any:
     return json.loads(existing(path, what).read_text(encoding="utf-8"))
+
+
+def read_parquet_rows(folder: Path, pattern: str, what: str, columns: list[str] | None = None) -> list[dict]:
+    """Rows of a Hub dataset split stored as `folder/<pattern>` parquet shards, in shard order. Read directly
+    rather than through `datasets.load_dataset`, whose cache could hand back an older copy of changed files."""
+    files = sorted(existing(folder, what).glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"{folder}: no {pattern}; {what} is expected there as the Hub dataset lays it out"
+        )
+    return [row for path in files for row in pq.read_table(path, columns=columns).to_pylist()]
 
 
 def read_jsonl(path: Path, what: str) -> list[dict]:

@@ -18,10 +18,8 @@ not apply. The answer is then normalised by its type and compared as text.
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from cumo.eval.benchmark import Benchmark, Question, Result
-from cumo.eval.benchmarks.common import existing, replies
+from cumo.eval.benchmarks.common import read_parquet_rows, replies
 from cumo.eval.metrics.mathvista import accuracy, breakdown, normalize_extracted_answer, rule_extraction
 
 JUDGE_MODEL = "gpt-3.5-turbo"  # CuMo cumo/eval/extract_answer.py, get_chat_response_azure
@@ -94,14 +92,9 @@ def extraction_messages(query: str, response: str) -> list[dict]:
 
 
 def _rows(folder: Path, columns: tuple[str, ...]) -> list[dict]:
-    files = sorted(
-        existing(folder / DATA, "MathVista's data folder (Hub AI4Math/MathVista)").glob(SPLIT_GLOB)
+    return read_parquet_rows(
+        folder / DATA, SPLIT_GLOB, "MathVista's testmini (Hub AI4Math/MathVista)", list(columns)
     )
-    if not files:
-        raise FileNotFoundError(
-            f"{folder / DATA}: no {SPLIT_GLOB}; fetch the Hub dataset AI4Math/MathVista there"
-        )
-    return [row for path in files for row in pq.read_table(path, columns=list(columns)).to_pylist()]
 
 
 def questions(folder: Path) -> list[Question]:

@@ -1,8 +1,8 @@
 """MMMU, validation split: 900 college-level questions in 30 subjects, multiple choice and open.
 
 Files (CuMo scripts/cumo/eval/mmmu.sh): `eval/MMMU/` holds the Hub dataset MMMU/MMMU as downloaded (README.md
-and `<Subject>/validation-*.parquet`), read with `datasets.load_dataset(folder, subject, split="validation")` as
-CuMo's cumo/eval/model_vqa_mmmu.py reads it with --data_path; `eval/MMMU/eval/answer_dict_val.json` is the
+and `<Subject>/validation-*.parquet`), the rows `datasets.load_dataset(folder, subject, split="validation")` gives
+CuMo's cumo/eval/model_vqa_mmmu.py with --data_path (read here from the parquet files themselves); `eval/MMMU/eval/answer_dict_val.json` is the
 ground truth of MMMU-Benchmark/MMMU eval/, which main_eval_only.py scores against.
 
 Questions: the subjects in model_vqa_mmmu.py's order, each in file order; the text is
@@ -21,11 +21,8 @@ import ast
 import random
 from pathlib import Path
 
-from datasets import Image as ImageFeature
-from datasets import load_dataset
-
 from cumo.eval.benchmark import Benchmark, Question, Result
-from cumo.eval.benchmarks.common import read_json, replies
+from cumo.eval.benchmarks.common import read_json, read_parquet_rows, replies
 from cumo.eval.metrics.mmmu import (
     MULTIPLE_CHOICE,
     SEED,
@@ -55,10 +52,9 @@ def questions(folder: Path) -> list[Question]:
     """All 30 subjects' validation questions, as model_vqa_mmmu.py asks them."""
     asked = []
     for subject in SUBJECTS:
-        rows = load_dataset(str(folder), subject, split=SPLIT).cast_column(
-            "image_1", ImageFeature(decode=False)
-        )
-        for row in rows:
+        for row in read_parquet_rows(
+            folder / subject, f"{SPLIT}-*.parquet", f"MMMU's {subject} (Hub MMMU/MMMU)"
+        ):
             options = options_list(row["options"], row["id"])
             asked.append(
                 Question(
