@@ -161,7 +161,8 @@ def test_tiny_targets_leave_out_judged_benchmarks_without_a_judge():
     config = load("config/tiny.yaml")
     assert config["judge"] is None and config["synthetic"] and config["train"]["device"] == "cpu"
     jobs = dry_run()
-    assert outputs(jobs, "evaluate") == {
+    blanked = {f"results/tiny/eval/tiny-blank-images/{bench}/metrics.json" for bench in ("gqa", "pope")}
+    assert outputs(jobs, "evaluate") == blanked | {
         f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES if bench not in JUDGED
     }
     assert {job["rule"] for job in jobs} == {
@@ -176,7 +177,24 @@ def test_tiny_with_a_judge_scores_every_benchmark(tmp_path):
     path = tmp_path / "tiny_judged.yaml"
     path.write_text(yaml.safe_dump(config))
     jobs = dry_run("--configfile", str(path), "--replace-workflow-config")
-    assert outputs(jobs, "evaluate") == {f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES}
+    evaluated = outputs(jobs, "evaluate")
+    assert {path for path in evaluated if "/eval/tiny/" in path} == {
+        f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES
+    }
+
+
+def eval_command(target: str) -> str:
+    result = snakemake("--dry-run", "--forceall", "--printshellcmds", target)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (command,) = [line for line in result.stdout.splitlines() if line.startswith("Shell command: cumo eval")]
+    return command
+
+
+def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
+    command = eval_command("results/tiny/eval/tiny-blank-images/pope/metrics.json")
+    assert "--model results/tiny/models/tiny/sft " in command and "--blank-images" in command
+    command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json")
+    assert "--split val" in command and "--blank-images" not in command
 
 
 def test_one_benchmark_schedules_only_its_ancestors():

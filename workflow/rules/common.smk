@@ -22,14 +22,23 @@ SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
 
 MODELS = list(config["models"])
 TRAINED = [name for name, model in config["models"].items() if "preset" in model]
+# Another model of the config evaluated with blank images: the difference is what the images are worth.
+BLANKED = {
+    name: model["blank_images_of"]
+    for name, model in config["models"].items()
+    if "blank_images_of" in model
+}
 BENCHMARKS = [
     name for name in config["benchmarks"] if config["judge"] or name not in JUDGED
 ]
 UNJUDGED = [name for name in config["benchmarks"] if name not in BENCHMARKS]
 
-METRICS = expand(
-    f"{RUN}/eval/{{model}}/{{bench}}/metrics.json", model=MODELS, bench=BENCHMARKS
-)
+METRICS = [
+    f"{RUN}/eval/{model}/{bench}/metrics.json"
+    for model, entry in config["models"].items()
+    for bench in BENCHMARKS
+    if bench in entry.get("benchmarks", BENCHMARKS)
+]
 TABLES = expand(f"{RUN}/tables/main.{{ext}}", ext=("csv", "md", "tex"))
 PLOTS = expand(f"{RUN}/plots/benchmarks.{{ext}}", ext=("png", "pdf")) + expand(
     f"{RUN}/plots/{{kind}}_{{model}}.{{ext}}",
@@ -154,10 +163,24 @@ def eval_gres(wildcards):
     )
 
 
+def metrics_of(bench):
+    """Every model's metrics.json for one benchmark (the per-benchmark convenience rules)."""
+    return [path for path in METRICS if Path(path).parent.name == bench]
+
+
 def evaluated_model(wildcards):
     """A model trained here is evaluated after sft; a released checkpoint after its conversion."""
-    stage = "sft" if wildcards.model in TRAINED else "released"
-    return f"{RUN}/models/{wildcards.model}/{stage}"
+    model = BLANKED.get(wildcards.model, wildcards.model)
+    stage = "sft" if model in TRAINED else "released"
+    return f"{RUN}/models/{model}/{stage}"
+
+
+def eval_flags(wildcards):
+    """Blank images for a `blank_images_of` model; a split other than the paper's where the config says."""
+    split = config["eval"].get("splits", {}).get(wildcards.bench)
+    return ("--blank-images " if wildcards.model in BLANKED else "") + (
+        f"--split {shlex.quote(split)}" if split else ""
+    )
 
 
 def eval_data(wildcards):

@@ -24,10 +24,11 @@ rule evaluate:
         device=config["eval"]["device"],
         dtype=config["eval"]["dtype"],
         judge=judge_flags,
+        variant=eval_flags,
     shell:
         "cumo eval {wildcards.bench} --model {input.model} --data-root {params.data_root} --out {params.out}"
         " --batch-size {params.batch_size} --shards {params.shards} --device {params.device}"
-        " --dtype {params.dtype} {params.judge} > {log} 2>&1"
+        " --dtype {params.dtype} {params.variant} {params.judge} > {log} 2>&1"
 
 
 for bench in config["benchmarks"]:
@@ -36,4 +37,4 @@ for bench in config["benchmarks"]:
         name:
             bench
         input:
-            expand(f"{RUN}/eval/{{model}}/{bench}/metrics.json", model=MODELS),
+            metrics_of(bench),
