@@ -18,7 +18,16 @@ import pytest
 from datasets import load_dataset
 from PIL import Image
 
-from cumo.data.synthetic import COLORS, POSITIONS, SHAPES, SIGN_WORDS, Scene, Thing, render_scene
+from cumo.data.synthetic import (
+    COLORS,
+    POSITIONS,
+    SHAPES,
+    SIGN_WORDS,
+    Scene,
+    Thing,
+    render_scene,
+    thing_radius,
+)
 from cumo.data.synthetic_benchmarks import write_benchmarks
 
 PER_BENCHMARK = 24
@@ -43,7 +52,7 @@ def read_scene(image: Image.Image) -> tuple[dict[str, tuple[str, str]], str | No
     image = image.convert("RGB")
     assert image.size == (SIZE, SIZE)
     pixels = image.load()
-    inset = SIZE // 9 - 1
+    inset = thing_radius(SIZE) - 1  # a pixel inside the box's edge
     things = {}
     for position, (fx, fy) in POSITIONS.items():
         cx, cy = int(fx * SIZE), int(fy * SIZE)

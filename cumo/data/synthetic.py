@@ -52,13 +52,14 @@ COLORS = {
     "orange": (240, 140, 30),
 }
 SHAPES = ("circle", "square", "triangle")
-# Cell centres as fractions of the image side; a scene holds at most one thing per cell.
+# Centres of five cells of a 3 x 3 grid, as fractions of the image side; a scene holds at most one thing per
+# cell, and the top-left corner cell is the word's.
 POSITIONS = {
-    "center": (0.5, 0.5),
-    "left": (0.2, 0.5),
-    "right": (0.8, 0.5),
-    "top": (0.5, 0.2),
-    "bottom": (0.5, 0.8),
+    "center": (1 / 2, 1 / 2),
+    "left": (1 / 6, 1 / 2),
+    "right": (5 / 6, 1 / 2),
+    "top": (1 / 2, 1 / 6),
+    "bottom": (1 / 2, 5 / 6),
 }
 # Words a scene may show as text, for OCR-style questions (TextVQA-like).
 SIGN_WORDS = ("cat", "dog", "sun", "tree", "star", "moon", "fish", "bird")
@@ -85,12 +86,23 @@ def sample_scene(rng: random.Random, max_things: int = 3, word_probability: floa
     return Scene(things, word)
 
 
+def thing_radius(size: int) -> int:
+    """Half the side of a thing's box: it fills its cell (a third of the image side) but for a pixel's margin.
+
+    Large on purpose: the tiny preset's CLIP is a random init, and its 3 x 3 patches are these cells. In the
+    first world (radius size // 9, cells centred at 0.2 and 0.8, 4 x 4 patches) a thing covered a fifth of
+    each of the four patches it straddled, and the tiny model trained on it never used the images: the same
+    loss with each sample's own image as with its neighbour's (tests/test_grounding.py).
+    """
+    return max(2, size // 6 - 1)
+
+
 def render_scene(scene: Scene, size: int = 64, seed: int = 0) -> Image.Image:
     """A `size` x `size` RGB image of `scene` on a light background with a little seeded noise in its tint."""
     rng = random.Random(seed)
     image = Image.new("RGB", (size, size), tuple(rng.randint(225, 250) for _ in range(3)))
     draw = ImageDraw.Draw(image)
-    radius = max(2, size // 9)
+    radius = thing_radius(size)
     for thing in scene.things:
         if thing.shape not in SHAPES:
             raise ValueError(f"unknown shape {thing.shape!r}; known: {SHAPES}")
@@ -415,7 +427,7 @@ def write_world(
     data_root: str | Path,
     seed: int = DEFAULT_SEED,
     sizes: dict[str, int] | None = None,
-    image_size: int = 56,
+    image_size: int = 42,
 ) -> dict[str, Path]:
     """Write the corpora's images and JSONs under `data_root`, and the tokenizer trained on them.
 
