@@ -12,9 +12,12 @@ from cumo.train.stages import (
     PARTS,
     MissingPredecessor,
     StageConfig,
+    freeze_untrained,
+    parameter_groups,
     prepare_model,
     stage_config,
 )
+from tests.factories import make_model
 
 
 def trainable_parts(model) -> set[str]:
@@ -65,6 +68,7 @@ def test_recipes_are_cumos_scripts():
         )
         assert stage.group_by_modality == (stage.name != "pretrain")
         assert stage.upcycle == (stage.name == "sft")
+        assert stage.vision_learning_rate is None  # one lr for the whole model in CuMo's scripts
 
 
 @pytest.mark.parametrize(
@@ -75,6 +79,7 @@ def test_recipes_are_cumos_scripts():
         (dict(template="vicuna"), "vicuna"),
         (dict(trainable=("eyes",)), "eyes"),
         (dict(warmup_ratio=1.5), "warmup_ratio"),
+        (dict(vision_learning_rate=0.0), "vision_learning_rate"),
     ],
 )
 def test_bad_stage_fields_say_what_to_fix(overrides, message):
@@ -83,6 +88,23 @@ def test_bad_stage_fields_say_what_to_fix(overrides, message):
     with pytest.raises(ValueError, match="unknown stage field"):
         stage_config("pft", "tiny", lr=1.0)
     assert isinstance(stage_config("pft", "tiny"), StageConfig)
+
+
+def test_the_vision_tower_gets_its_own_learning_rate_only_where_a_stage_sets_one():
+    model = make_model("tiny", moe=False)
+    freeze_untrained(model, ("vision", "connector", "llm"))
+    names = {id(p): name for name, p in model.named_parameters()}
+    (every,) = parameter_groups(model, stage_config("pft", "tiny", vision_learning_rate=None))
+    assert len(every["params"]) == len(names) and "lr" not in every
+    rest, vision = parameter_groups(model, stage_config("pft", "tiny", vision_learning_rate=1e-4))
+    assert vision["lr"] == 1e-4 and "lr" not in rest
+    assert all(names[id(p)].startswith("model.vision_tower.") for p in vision["params"])
+    assert not any(names[id(p)].startswith("model.vision_tower.") for p in rest["params"])
+    assert len(rest["params"]) + len(vision["params"]) == len(names)
+    # A frozen tower leaves no group behind (pretrain).
+    freeze_untrained(model, ("connector", "llm"))
+    (only,) = parameter_groups(model, stage_config("pretrain", "tiny", vision_learning_rate=1e-4))
+    assert all(p.requires_grad for p in only["params"])
 
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-mixtral"])
@@ -108,7 +130,9 @@ def test_stages_train_their_parts_and_sft_upcycles(tmp_path, preset):
     blocks = [m for m in moe.modules() if isinstance(m, SparseMoeBlock)]
     assert len(blocks) == moe.config.vision_config.num_hidden_layers + 1
     # Co-upcycled from the pft weights: the same function as the dense model saved by pft.
-    batch = processor(["<s><image>\nWhat shape is it?"], [render_shape("circle", "red", size=56)])
+    batch = processor(
+        ["<s><image>\nWhat shape is it?"], [render_shape("circle", "red", size=TINY_VISION["image_size"])]
+    )
     with torch.no_grad():
         torch.testing.assert_close(moe.eval()(**batch).logits, dense(**batch).logits, atol=1e-5, rtol=1e-5)
 
@@ -142,7 +166,8 @@ def test_paper_preset_pretrain_loads_clip_and_the_llm(tmp_path):
     assert trainable_parts(model) == {"connector"}
     assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
 
-    pixels = torch.randn(1, 3, 56, 56)
+    size = TINY_VISION["image_size"]
+    pixels = torch.randn(1, 3, size, size)
     with torch.no_grad():
         # CLIP features at hidden state -2 without CLS, as transformers computes them from the same weights.
         expected = clip(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]

@@ -46,7 +46,7 @@ from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
-from cumo.train.stages import StageConfig, prepare_model, require_previous, stage_config
+from cumo.train.stages import StageConfig, parameter_groups, prepare_model, require_previous, stage_config
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +138,17 @@ def train(
         device=device,
     )
     ds_config["steps_per_print"] = 10**9  # the progress bar and metrics.jsonl say it already
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = parameter_groups(model, stage)
     optimizer = scheduler = None
+    if len(groups) > 1 and {"optimizer", "scheduler"} & ds_config.keys():
+        raise ValueError(
+            f"stage {stage.name}: vision_learning_rate needs our AdamW and cosine schedule, but {config_path} "
+            "makes its own optimizer or scheduler (one lr for all groups): drop vision_learning_rate or pick a "
+            "ZeRO config without them (zero2, zero3)"
+        )
     if "optimizer" not in ds_config:  # Trainer's default optimizer, as CuMo's zero2/zero3 runs got it
         optimizer = torch.optim.AdamW(
-            trainable,
+            groups,
             lr=stage.learning_rate,
             betas=ADAM_BETAS,
             eps=ADAM_EPSILON,
@@ -151,7 +157,7 @@ def train(
         if "scheduler" not in ds_config:
             scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, model_parameters=trainable, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        model=model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
 
     state = checkpoint.load(engine, checkpoint_dir) or {"step": 0, "wall_time_s": 0.0}
