@@ -59,9 +59,9 @@ def test_bench_train_step_figures_for_the_moe_and_the_dense_step():
     assert dense["activated_parameters"]["vision"] < moe["activated_parameters"]["vision"]
     for model in (moe, dense):
         assert (
-            model["llm_tokens_per_sample"] == 16 + figures["text_tokens"]
-        )  # 4 x 4 patches of the 56 px image
-        assert model["vision_tokens_per_sample"] == (1 + 9) * (16 + 1)  # S² [1, 3]: 10 crops with CLS
+            model["llm_tokens_per_sample"] == 9 + figures["text_tokens"]
+        )  # 3 x 3 patches of the 42 px image
+        assert model["vision_tokens_per_sample"] == (1 + 9) * (9 + 1)  # S² [1, 3]: 10 crops with CLS
         for row in model["batches"].values():
             assert row["samples_per_s"] > 0
             assert row["tokens_per_s"] == pytest.approx(row["samples_per_s"] * model["llm_tokens_per_sample"])

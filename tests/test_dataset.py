@@ -107,7 +107,7 @@ TOKENIZERS = {
 
 @pytest.fixture(scope="module")
 def config():
-    return build_config("tiny", moe=False)  # 16 image tokens per 56 px image
+    return build_config("tiny", moe=False)  # 9 image tokens per 42 px image
 
 
 @pytest.fixture(scope="module", params=list(TOKENIZERS))
@@ -239,7 +239,7 @@ def test_dataset_sample_has_tokens_labels_and_the_padded_image(tiny_processor, i
     assert torch.equal(sample["input_ids"], input_ids_T) and torch.equal(sample["labels"], labels_T)
     with Image.open(image_root / "shape.png") as image:
         assert torch.equal(sample["pixel_values"], tiny_processor.preprocess_images([image]))
-    assert sample["pixel_values"].shape == (1, 3, 56, 56)
+    assert sample["pixel_values"].shape == (1, 3, 42, 42)
     assert dataset.skips.seen == 1 and dataset.skips.skipped == 0
 
 
@@ -293,7 +293,7 @@ def test_unreadable_images_are_counted_and_replaced_without_crashing(tiny_proces
         entries, tiny_processor, "mistral_instruct_system", image_root, 512, max_share=0.2
     )
     samples = [dataset[i] for i in range(len(dataset))]
-    assert all(sample["pixel_values"].shape == (1, 3, 56, 56) for sample in samples)
+    assert all(sample["pixel_values"].shape == (1, 3, 42, 42) for sample in samples)
     # dataset[0] passes over both bad entries to "good", dataset[1] over "corrupt" again.
     assert dataset.skips.by_reason == Counter({"unreadable image": 3})
     assert [offender["id"] for offender in dataset.skips.first[:2]] == ["missing", "corrupt"]

@@ -83,9 +83,9 @@ def test_loss_is_lm_loss_plus_weighted_aux_terms(preset):
         assert out.llm_aux_loss is None
     torch.testing.assert_close(out.loss, expected)
     # Per-layer expert load: every token of every image row (2 images + 2*9 crops) goes to top_k experts.
-    rows, tokens = 2 * (1 + 9), 17
+    rows, tokens = 2 * (1 + 9), config.num_image_tokens + 1  # patches and CLS
     assert out.clip_tokens_per_expert.sum(dim=1).tolist() == [rows * tokens * 2] * 2
-    assert out.mlp_tokens_per_expert.sum().item() == 2 * 16 * 2
+    assert out.mlp_tokens_per_expert.sum().item() == 2 * config.num_image_tokens * 2
     out.loss.backward()
     # Features come from hidden state -2, so the last CLIP layer's output is read by nothing; it still runs,
     # as in CuMo, because its router losses are part of CuMo's mean: its experts alone get no gradient.
@@ -194,8 +194,8 @@ def test_generate_answers_a_question_about_a_generated_image():
     batch = processor(
         prompts, [render_shape("circle", "red", size=80), render_shape("square", "blue", size=40)]
     )
-    assert batch["pixel_values"].shape == (2, 3, 56, 56)
-    assert (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist() == [16, 16]
+    assert batch["pixel_values"].shape == (2, 3, 42, 42)
+    assert (batch["input_ids"] == model.config.image_token_id).sum(dim=1).tolist() == [9, 9]
     new_tokens = generate(model, batch, tokens=5)
     assert new_tokens.shape == (2, 5)
     for row in range(2):

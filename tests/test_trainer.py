@@ -20,12 +20,12 @@ from cumo.data.mixture import build_mixture
 from cumo.data.synthetic import write_world
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.train.checkpoint import EXIT_PREEMPTED, FINISHED
-from cumo.train.stages import MissingPredecessor
+from cumo.train.stages import TINY_RECIPE, MissingPredecessor
 from cumo.train.trainer import _forward, train
 from tests.factories import make_batch, make_model
 
 SCRIPT = Path(__file__).parent / "train_scripts" / "trainer_run.py"
-SIZES = {"pretrain": 512, "pft": 256, "sft": 512}  # 32, 16 and 32 steps of the tiny recipe's global batch 16
+SIZES = {"pretrain": 512, "pft": 256, "sft": 512}  # 32, 16 and 32 steps per epoch of the tiny global batch 16
 
 
 def free_port() -> int:
@@ -109,7 +109,11 @@ def test_one_rank_preempted_and_resumed_trains_as_an_uninterrupted_run(world, tm
         torch.testing.assert_close(resumed_weights[name], tensor, msg=name)
 
     metadata = json.loads((resumed / FINISHED).read_text())
-    assert metadata["world_size"] == 1 and metadata["steps"] == 32 and metadata["stage"]["name"] == "pretrain"
+    assert (
+        metadata["world_size"] == 1
+        and metadata["steps"] == 32 * TINY_RECIPE["pretrain"].epochs
+        and metadata["stage"]["name"] == "pretrain"
+    )
     assert {"git_commit", "mixture_sha256", "packages", "wall_time_s", "deepspeed_config"} <= metadata.keys()
     rerun = succeeded(launch(1, **cut))
     assert "not training it again" in rerun.stderr
@@ -186,7 +190,7 @@ class ModelAsEngine(torch.nn.Module):
 
 def test_a_text_only_batch_runs_the_vision_tower_on_a_blank_image_without_changing_the_loss():
     model = make_model("tiny", moe=True).train()
-    engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 56, 56)
+    engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 42, 42)
 
     def with_grad(batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         model.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ def test_dense_tower_matches_transformers_clip_penultimate_patch_features():
     clip = CLIPVisionModel(model.config.vision_config).to(torch.float64).eval()
     missing, unexpected = clip.load_state_dict(tower.vision_model.state_dict(), strict=False)
     assert set(missing) == {"post_layernorm.weight", "post_layernorm.bias"} and not unexpected
-    pixel_values = torch.randn(3, 3, 56, 56, dtype=torch.float64)
+    pixel_values = torch.randn(3, 3, 42, 42, dtype=torch.float64)
     ours, aux = tower(pixel_values)
     reference = clip(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
     assert aux is None
@@ -55,14 +55,14 @@ def cumo_s2_reference(tower, pixel_values):
 def test_moe_s2_tower_matches_cumo_scale_by_scale():
     model = make_model("tiny", moe=True, dtype=torch.float64, scales=[1, 2, 3])
     tower = model.model.vision_tower
-    pixel_values = torch.randn(2, 3, 56, 56, dtype=torch.float64)
+    pixel_values = torch.randn(2, 3, 42, 42, dtype=torch.float64)
     features, aux = tower(pixel_values)
     ref_features, ref_balance, ref_z = cumo_s2_reference(tower, pixel_values)
-    assert features.shape == (2, 16, 32 * 3)
+    assert features.shape == (2, 9, 32 * 3)
     torch.testing.assert_close(features, ref_features, rtol=0, atol=1e-12)
     torch.testing.assert_close(aux.balance, ref_balance, rtol=0, atol=1e-12)
     torch.testing.assert_close(aux.router_z, ref_z, rtol=0, atol=1e-12)
     # every layer routes every token of every row (2 images + 2*4 + 2*9 crops) to top_k experts
     rows = 2 * (1 + 4 + 9)
     assert aux.tokens_per_expert_LE.shape == (2, 4)
-    assert aux.tokens_per_expert_LE.sum(dim=1).tolist() == [rows * 17 * 2] * 2
+    assert aux.tokens_per_expert_LE.sum(dim=1).tolist() == [rows * (9 + 1) * 2] * 2  # patches and CLS
