@@ -3,11 +3,12 @@ sample's own image than from another sample's.
 
 The first world and recipe trained to a falling loss that was the same with the right image and with the
 image of the sample next to it (0.807 and 0.808 after pretrain): the model learned the captions' grammar and
-the answers' priors and never looked. Two causes, each checked here:
-- the world: a thing straddled four of the tiny CLIP's 4 x 4 patches, a fifth of each, so a random CLIP's
-  features barely told the images apart; now each of the world's 3 x 3 cells is one patch, nearly filled;
-- the recipe: the random vision tower trained at the LLM's learning rate loses what tells images apart
-  within steps; it now learns at `vision_learning_rate`.
+the answers' priors and never looked. The causes, measured with right vs shifted images:
+- the world (checked here): a thing straddled four of the tiny CLIP's 4 x 4 patches, a fifth of each, so a
+  random CLIP's features barely told the images apart; now each of the world's 3 x 3 cells is one patch,
+  nearly filled, and a brief pretrain reads the images;
+- the recipe (cumo/train/stages.py TINY_RECIPE): the random vision tower trained at the LLM's learning rate
+  stops telling images apart within steps; it now learns at `vision_learning_rate`.
 """
 
 import json
