@@ -211,6 +211,29 @@ def test_a_text_only_batch_runs_the_vision_tower_on_a_blank_image_without_changi
     assert vision and all(text_grads[n].abs().max() == 0 for n in vision)
 
 
+def test_text_only_and_image_batches_run_the_model_parts_in_the_same_order():
+    """ZeRO-3 gathers parameters in the order modules run: ranks with and without images must agree on it."""
+    model = make_model("tiny", moe=True).train()
+    engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 42, 42)
+    order = []
+    for name in ("vision_tower", "mm_projector", "language_model"):
+        getattr(model.model, name).register_forward_pre_hook(
+            lambda module, args, name=name: order.append(name)
+        )
+
+    def parts_run(images):
+        order.clear()
+        batch = make_batch(model.config, images=images)
+        _forward(engine, batch | {"labels": batch["input_ids"]}, blank)
+        return list(order)
+
+    assert (
+        parts_run((False, False))
+        == parts_run((True, False))
+        == ["vision_tower", "mm_projector", "language_model"]
+    )
+
+
 def test_a_stage_without_its_predecessor_stops_before_any_process_group_or_model(tmp_path):
     with pytest.raises(MissingPredecessor, match="--stage pretrain"):
         train("pft", "tiny", tmp_path / "pft.arrow", tmp_path / "out", tmp_path / "ck", data_root=tmp_path)

@@ -275,12 +275,17 @@ def _epoch_batches_fn(
 
 
 def _forward(engine, batch: dict[str, torch.Tensor], blank_B3HW: torch.Tensor):
-    """The model's output on `batch`; without images, its loss also holds 0 x a blank image's path (see top)."""
+    """The model's output on `batch`; without images, its loss also holds 0 x a blank image's path (see top).
+
+    The blank image goes first: ZeRO-3 gathers parameters module by module in the order they run, so a rank
+    must meet the vision tower and the connector before the LLM, as a rank with images does, or the ranks'
+    collectives pair up wrongly (seen: gloo "Received data size doesn't match expected size")."""
+    if "pixel_values" in batch:
+        return engine(**batch)
+    features, aux = engine.module.model.get_image_features(blank_B3HW)
+    touched = features.sum() + sum(value.sum() for key, value in aux.items() if key.endswith("_loss"))
     output = engine(**batch)
-    if "pixel_values" not in batch:
-        features, aux = engine.module.model.get_image_features(blank_B3HW)
-        touched = features.sum() + sum(value.sum() for key, value in aux.items() if key.endswith("_loss"))
-        output.loss = output.loss + 0.0 * touched
+    output.loss = output.loss + 0.0 * touched
     return output
 
 
