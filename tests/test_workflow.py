@@ -296,8 +296,6 @@ def test_judged_benchmarks_are_those_the_package_declares():
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
     declared = set(ast.literal_eval(re.search(r"^JUDGED = (\(.*\))", common, re.M)[1]))
     assert declared == JUDGED
-    if any(importlib.util.find_spec(f"cumo.eval.benchmarks.{name}") is None for name in NAMES):
-        pytest.skip("not every benchmark module is written yet")
     from cumo.eval.benchmarks import get
 
     assert {name for name in NAMES if get(name).judged} == declared
