@@ -198,7 +198,7 @@ def test_submission_is_refused_unless_every_row_is_answered_once(folder, tmp_pat
     replies = [row["answer"] for row in rows]
     with pytest.raises(ValueError, match="unanswered"):
         benchmark.submission(folder, answered(asked[1:], replies[1:]), tmp_path)
-    with pytest.raises(ValueError, match="answered twice"):
+    with pytest.raises(ValueError, match="answered more than once"):
         benchmark.submission(folder, answered(asked + asked[:1], replies + replies[:1]), tmp_path)
     assert list(tmp_path.iterdir()) == []
 

@@ -107,12 +107,15 @@ def test_wrong_answers_score_by_hand(folder, asked, problems):
 
 
 def test_incomplete_predictions_are_an_error(folder, asked):
-    """Every question answered exactly once (cumo.eval.benchmarks.common.replies), or the scorer says why."""
+    """Every question answered exactly once (cumo.eval.generate.pair_with_questions), or the scorer says why."""
     complete = answered(asked, ["A"] * len(asked))
     for broken, message in (
         (complete[1:], "1 question.s. unanswered"),
-        (complete + complete[:2], "2 answered twice"),
-        (complete + [dict(complete[0], question_id="no-such-problem")], "1 answer.s. to unknown questions"),
+        (complete + complete[:2], "2 answered more than once"),
+        (
+            complete + [dict(complete[0], question_id="no-such-problem")],
+            "1 answer.s. to questions not in the benchmark",
+        ),
     ):
         with pytest.raises(ValueError, match=message):
             get("sqa").score(folder, broken)

@@ -9,7 +9,8 @@ each row stops at its own end-of-sequence token; in fp32 a batch gives exactly t
 Shards: shard i of n takes questions i, i+n, i+2n, ... in file order, so any shard count covers every
 question once and a rerun with the same count redoes nothing. Each shard appends one line per answer to its
 own file and flushes after every batch; a restart reads what is there and skips it (a last line cut off by
-a kill is counted and redone). `merge` then checks that every question was answered exactly once.
+a kill is counted and redone). `merge` then checks that every question was answered exactly once
+(`pair_with_questions`, the check every benchmark's scorer makes too).
 """
 
 import hashlib
@@ -30,8 +31,8 @@ from cumo.model.processing_cumo import CLIP_MEAN, CumoProcessor
 logger = logging.getLogger(__name__)
 
 
-class IncompletePredictions(RuntimeError):
-    """The shards do not answer every question exactly once."""
+class IncompletePredictions(ValueError):
+    """The predictions do not answer every question exactly once (a ValueError: the scorers' bad input too)."""
 
 
 def load_model(
@@ -171,17 +172,22 @@ def generate_shard(
     return {"questions": len(questions), "resumed": len(questions) - len(todo), "cut_off_lines": broken}
 
 
-def merge(shard_paths: list[Path], questions: list[Question]) -> list[dict]:
-    """All shards' predictions in question order; every question answered exactly once, or an error naming them."""
+def pair_with_questions(
+    predictions: list[dict], questions: list[Question], source: str, fix: str
+) -> list[dict]:
+    """Each question's prediction, in question order.
+
+    Every question must be answered exactly once and every prediction must answer one of them: a missing answer
+    would otherwise quietly shrink (or, scored as wrong, quietly lower) the number. Otherwise the error starts
+    with `source` (which predictions, for what), names the ids at fault and ends with `fix`."""
     by_key: dict[str, dict] = {}
     repeated = []
-    for path in shard_paths:
-        for prediction in read_predictions(path)[0]:
-            key = _key(prediction["question_id"])
-            if key in by_key:
-                repeated.append(key)
-            by_key[key] = prediction
-    wanted = [_key(q.question_id) for q in questions]
+    for prediction in predictions:
+        key = _key(prediction["question_id"])
+        if key in by_key:
+            repeated.append(key)
+        by_key[key] = prediction
+    wanted = [_key(question.question_id) for question in questions]
     missing = [key for key in wanted if key not in by_key]
     unknown = sorted(set(by_key) - set(wanted))
     if missing or repeated or unknown:
@@ -194,8 +200,15 @@ def merge(shard_paths: list[Path], questions: list[Question]) -> list[dict]:
             f"{len(repeated)} answered more than once: {some(repeated)}" if repeated else "",
             f"{len(unknown)} answer(s) to questions not in the benchmark: {some(unknown)}" if unknown else "",
         ]
-        raise IncompletePredictions(
-            f"predictions in {', '.join(map(str, shard_paths))}: {'; '.join(p for p in problems if p)}. "
-            "Rerun the evaluation: it answers only what is missing (delete the shard files to start over)."
-        )
+        raise IncompletePredictions(f"{source}: {'; '.join(p for p in problems if p)}. {fix}")
     return [by_key[key] for key in wanted]
+
+
+def merge(shard_paths: list[Path], questions: list[Question]) -> list[dict]:
+    """All shards' predictions in question order; every question answered exactly once, or an error naming them."""
+    return pair_with_questions(
+        [prediction for path in shard_paths for prediction in read_predictions(path)[0]],
+        questions,
+        source=f"predictions in {', '.join(map(str, shard_paths))}",
+        fix="Rerun the evaluation: it answers only what is missing (delete the shard files to start over).",
+    )

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from cumo.eval.benchmark import Question
+from cumo.eval.generate import pair_with_questions
 
 # LLaVA-1.5's prompt suffixes (docs/Evaluation.md).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -46,35 +47,12 @@ def read_jsonl(path: Path, what: str) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _key(question_id) -> str:
-    # JSON spelling, as cumo.eval.generate keys answers: 7 and "7" are different ids.
-    return json.dumps(question_id)
-
-
 def replies(benchmark: str, questions: list[Question], predictions: list[dict]) -> list[str]:
-    """The reply (`text`) to each question, in question order.
-
-    Every question must be answered exactly once and every prediction must answer one of them: a missing
-    answer would otherwise quietly shrink (or, scored as wrong, quietly lower) the number."""
-    by_key: dict[str, dict] = {}
-    repeated = []
-    for prediction in predictions:
-        key = _key(prediction["question_id"])
-        if key in by_key:
-            repeated.append(key)
-        by_key[key] = prediction
-    wanted = [_key(question.question_id) for question in questions]
-    missing = [key for key in wanted if key not in by_key]
-    unknown = sorted(set(by_key) - set(wanted))
-    problems = [
-        f"{len(missing)} question(s) unanswered ({', '.join(missing[:5])})" if missing else "",
-        f"{len(repeated)} answered twice ({', '.join(repeated[:5])})" if repeated else "",
-        f"{len(unknown)} answer(s) to unknown questions ({', '.join(unknown[:5])})" if unknown else "",
-    ]
-    if any(problems):
-        raise ValueError(
-            f"{benchmark}: predictions do not match its {len(questions)} questions: "
-            f"{'; '.join(p for p in problems if p)}. Score the merged predictions of a finished run "
-            f"(cumo.eval.generate.merge checks them)."
-        )
-    return [by_key[key]["text"] for key in wanted]
+    """The reply (`text`) to each question, in question order; each answered exactly once, or an error."""
+    paired = pair_with_questions(
+        predictions,
+        questions,
+        source=f"{benchmark}: predictions do not match its {len(questions)} questions",
+        fix="Score the merged predictions of a finished run (cumo.eval.generate.merge checks them).",
+    )
+    return [prediction["text"] for prediction in paired]
