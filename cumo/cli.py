@@ -19,6 +19,25 @@ def existing_directory(path: str) -> Path:
     return Path(path)
 
 
+def corpus_sizes(text: str) -> dict[str, int]:
+    """'pretrain=400,pft=200,sft=600' -> {stage: samples}; every stage once, each at least 1 sample."""
+    from cumo.train.stages import STAGES
+
+    sizes = {}
+    for item in text.split(","):
+        stage, _, count = item.partition("=")
+        if stage not in STAGES or stage in sizes or not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} in {text!r}: give each of {', '.join(STAGES)} once as STAGE=SAMPLES (SAMPLES >= 1)"
+            )
+        sizes[stage] = int(count)
+    if set(sizes) != set(STAGES):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} lacks {sorted(set(STAGES) - set(sizes))}: give every stage"
+        )
+    return sizes
+
+
 def demo(args) -> None:
     """Build the tiny CuMo, co-upcycle it, check the invariant and answer questions about generated images."""
     from cumo.demo import run_demo
@@ -44,7 +63,7 @@ def synthetic(args) -> None:
     from cumo.data.synthetic import write_world
     from cumo.data.synthetic_benchmarks import write_benchmarks
 
-    world = write_world(args.data_root, seed=args.seed)
+    world = write_world(args.data_root, seed=args.seed, sizes=args.sizes)
     benchmarks = write_benchmarks(args.data_root, seed=args.seed, per_benchmark=args.per_benchmark)
     print(json.dumps({"world": world, "benchmarks": sorted(benchmarks)}, indent=2, default=str))
 
@@ -195,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--data-root", required=True, help="where the world's data tree is written")
     sub.add_argument("--seed", type=int, default=0, help="seed of everything generated")
     sub.add_argument("--per-benchmark", type=int, default=40, help="questions per benchmark")
+    sub.add_argument(
+        "--sizes",
+        type=corpus_sizes,
+        help="samples per training corpus, e.g. pretrain=400,pft=200,sft=600 (default: the tiny recipe's world)",
+    )
 
     sub = add("mixture", mixture)
     sub.add_argument("inputs", nargs="+", type=Path, metavar="JSON", help="mixture JSON file(s), in order")

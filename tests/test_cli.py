@@ -4,8 +4,11 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from cumo.cli import main
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
+from cumo.train.stages import STAGES
 
 
 def test_help_lists_every_step():
@@ -55,8 +58,22 @@ def test_a_step_that_fails_says_why_and_exits_nonzero(tmp_path):
 def test_synthetic_world_goes_through_the_mixture_step(tmp_path, capsys):
     """The two data steps chained as the workflow chains them: the world's sft JSON validates with no drop."""
     data = tmp_path / "data"
-    main(["synthetic", "--data-root", str(data), "--per-benchmark", "2"])
+    main(
+        [
+            "synthetic",
+            "--data-root",
+            str(data),
+            "--per-benchmark",
+            "2",
+            "--sizes",
+            "pretrain=20,pft=10,sft=30",
+        ]
+    )
     assert (data / "eval" / "pope" / "llava_pope_test.jsonl").exists()
+    sizes = {
+        stage: len(json.loads((data / "jsons" / f"synthetic_{stage}.json").read_text())) for stage in STAGES
+    }
+    assert sizes == {"pretrain": 20, "pft": 10, "sft": 30}
     out, stats = tmp_path / "sft.arrow", tmp_path / "sft.stats.json"
     main(
         [
@@ -73,3 +90,17 @@ def test_synthetic_world_goes_through_the_mixture_step(tmp_path, capsys):
     report = json.loads(stats.read_text())
     assert report["skipped"]["skipped"] == 0 and out.exists()
     assert "skipped 0" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "sizes", ["pretrain=20,pft=10", "pretrain=20,pft=0,sft=3", "pretrain=1,pft=1,sft=1,sft=2", "pt=1"]
+)
+def test_synthetic_sizes_name_every_stage_once(sizes, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "cumo", "synthetic", "--data-root", str(tmp_path), "--sizes", sizes],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "argument --sizes" in result.stderr and "Traceback" not in result.stderr
+    assert "pretrain, pft, sft" in result.stderr or "lacks" in result.stderr
+    assert not (tmp_path / "jsons").exists()

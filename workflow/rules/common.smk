@@ -73,7 +73,12 @@ def required_markers(wildcards):
 
 def synthetic_flags(wildcards):
     world = config["synthetic"]
-    return f"--seed {world['seed']} --per-benchmark {world['per_benchmark']}"
+    sizes = ",".join(
+        f"{stage}={count}" for stage, count in world.get("sizes", {}).items()
+    )
+    return f"--seed {world['seed']} --per-benchmark {world['per_benchmark']}" + (
+        f" --sizes {sizes}" if sizes else ""
+    )
 
 
 def mixture_inputs(wildcards):
