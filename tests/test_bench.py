@@ -1,18 +1,14 @@
-"""Smoke tests of `cumo/bench.py` at a tiny shape: the figures are there and positive (timing targets are
-the benchmark's to report, not the tests' to assert)."""
+"""Smoke tests of `python -m cumo.bench` (cumo/bench/) at a tiny shape: the figures are there and positive
+(timing targets are the benchmark's to report, not the tests' to assert)."""
 
 import json
 
 import pytest
 
-from cumo.bench import (
-    activated_parameters,
-    bench_generate,
-    bench_moe,
-    bench_train_step,
-    main,
-    train_step_config,
-)
+from cumo.bench.__main__ import main
+from cumo.bench.generate import bench_generate
+from cumo.bench.moe import bench_moe
+from cumo.bench.train_step import activated_parameters, bench_train_step, train_step_config
 
 TINY = dict(images=2, tokens=5, dim=8, hidden=16, num_experts=4, top_k=2, repeats=1, warmup=0)
 
