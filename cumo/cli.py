@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
-    from cumo.eval.generate import IncompletePredictions
+    from cumo.eval.benchmark import IncompletePredictions
     from cumo.model.configuration_cumo import ConfigError
 
     args = build_parser().parse_args(argv)

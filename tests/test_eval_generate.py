@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from cumo.eval.benchmark import Question
+from cumo.eval.benchmark import IncompletePredictions, Question
 from cumo.eval.generate import (
-    IncompletePredictions,
     answer_batch,
     blank_like,
     generate_shard,

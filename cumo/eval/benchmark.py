@@ -12,6 +12,7 @@ and `metadata` (the question's metadata, passed through for the scorer).
 """
 
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,3 +83,44 @@ class Benchmark:
             submission=None,
             other_splits={},
         )
+
+
+class IncompletePredictions(ValueError):
+    """The predictions do not answer every question exactly once (a ValueError: the scorers' bad input too)."""
+
+
+def question_key(question_id) -> str:
+    # JSON spelling, so 7 and "7" stay different ids, as they are in the benchmark's files.
+    return json.dumps(question_id)
+
+
+def pair_with_questions(
+    predictions: list[dict], questions: list[Question], source: str, fix: str
+) -> list[dict]:
+    """Each question's prediction, in question order.
+
+    Every question must be answered exactly once and every prediction must answer one of them: a missing answer
+    would otherwise quietly shrink (or, scored as wrong, quietly lower) the number. Otherwise the error starts
+    with `source` (which predictions, for what), names the ids at fault and ends with `fix`."""
+    by_key: dict[str, dict] = {}
+    repeated = []
+    for prediction in predictions:
+        key = question_key(prediction["question_id"])
+        if key in by_key:
+            repeated.append(key)
+        by_key[key] = prediction
+    wanted = [question_key(question.question_id) for question in questions]
+    missing = [key for key in wanted if key not in by_key]
+    unknown = sorted(set(by_key) - set(wanted))
+    if missing or repeated or unknown:
+
+        def some(keys):
+            return ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+
+        problems = [
+            f"{len(missing)} question(s) unanswered: {some(missing)}" if missing else "",
+            f"{len(repeated)} answered more than once: {some(repeated)}" if repeated else "",
+            f"{len(unknown)} answer(s) to questions not in the benchmark: {some(unknown)}" if unknown else "",
+        ]
+        raise IncompletePredictions(f"{source}: {'; '.join(p for p in problems if p)}. {fix}")
+    return [by_key[key] for key in wanted]

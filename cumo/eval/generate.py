@@ -24,15 +24,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from cumo.data.conversation import IMAGE_PLACEHOLDER, TEMPLATES, render
-from cumo.eval.benchmark import Question
+from cumo.eval.benchmark import Question, pair_with_questions, question_key
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.processing_cumo import CLIP_MEAN, CumoProcessor
 
 logger = logging.getLogger(__name__)
-
-
-class IncompletePredictions(ValueError):
-    """The predictions do not answer every question exactly once (a ValueError: the scorers' bad input too)."""
 
 
 def load_model(
@@ -114,14 +110,9 @@ def read_predictions(path: Path) -> tuple[list[dict], int]:
     return predictions, broken
 
 
-def _key(question_id) -> str:
-    # JSON spelling, so 7 and "7" stay different ids, as they are in the benchmark's files.
-    return json.dumps(question_id)
-
-
 def answer_id(model_id: str, question_id, text: str) -> str:
     """A stable id where LLaVA draws a random shortuuid, so reruns write identical files."""
-    return hashlib.sha256(f"{model_id}\0{_key(question_id)}\0{text}".encode()).hexdigest()[:22]
+    return hashlib.sha256(f"{model_id}\0{question_key(question_id)}\0{text}".encode()).hexdigest()[:22]
 
 
 def _batches(questions: list[Question], size: int) -> Iterator[list[Question]]:
@@ -148,8 +139,8 @@ def generate_shard(
             f"{path}: {broken} cut-off line(s) from an interrupted run; their questions are redone"
         )
         path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in done))
-    answered = {_key(p["question_id"]) for p in done}
-    todo = [q for q in questions if _key(q.question_id) not in answered]
+    answered = {question_key(p["question_id"]) for p in done}
+    todo = [q for q in questions if question_key(q.question_id) not in answered]
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
         open(path, "a") as file,
@@ -170,38 +161,6 @@ def generate_shard(
             file.flush()
             bar.update(len(batch))
     return {"questions": len(questions), "resumed": len(questions) - len(todo), "cut_off_lines": broken}
-
-
-def pair_with_questions(
-    predictions: list[dict], questions: list[Question], source: str, fix: str
-) -> list[dict]:
-    """Each question's prediction, in question order.
-
-    Every question must be answered exactly once and every prediction must answer one of them: a missing answer
-    would otherwise quietly shrink (or, scored as wrong, quietly lower) the number. Otherwise the error starts
-    with `source` (which predictions, for what), names the ids at fault and ends with `fix`."""
-    by_key: dict[str, dict] = {}
-    repeated = []
-    for prediction in predictions:
-        key = _key(prediction["question_id"])
-        if key in by_key:
-            repeated.append(key)
-        by_key[key] = prediction
-    wanted = [_key(question.question_id) for question in questions]
-    missing = [key for key in wanted if key not in by_key]
-    unknown = sorted(set(by_key) - set(wanted))
-    if missing or repeated or unknown:
-
-        def some(keys):
-            return ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
-
-        problems = [
-            f"{len(missing)} question(s) unanswered: {some(missing)}" if missing else "",
-            f"{len(repeated)} answered more than once: {some(repeated)}" if repeated else "",
-            f"{len(unknown)} answer(s) to questions not in the benchmark: {some(unknown)}" if unknown else "",
-        ]
-        raise IncompletePredictions(f"{source}: {'; '.join(p for p in problems if p)}. {fix}")
-    return [by_key[key] for key in wanted]
 
 
 def merge(shard_paths: list[Path], questions: list[Question]) -> list[dict]:

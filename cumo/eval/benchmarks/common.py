@@ -10,8 +10,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from cumo.eval.benchmark import Question
-from cumo.eval.generate import pair_with_questions
+from cumo.eval.benchmark import Question, pair_with_questions
 
 # LLaVA-1.5's prompt suffixes (docs/Evaluation.md).
 SHORT_ANSWER = "Answer the question using a single word or phrase."
