@@ -150,6 +150,7 @@ def evaluate(args) -> None:
         judge_model=args.judge_model,
         judge_base_url=args.judge_base_url,
         judge_runs=args.judge_runs,
+        judge_serve=args.judge_serve,
     )
     if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
         print(json.dumps(run_shard(config, args.out, args.shard)))
@@ -158,6 +159,24 @@ def evaluate(args) -> None:
     print(
         f"{metrics['title']} ({metrics['split']}): {metrics['headline']['metric']} = {metrics['headline']['value']}"
     )
+
+
+def judge_server(args) -> None:
+    """Serve the tiny preset's rule judge (MM-Vet, LLaVA-Bench, MathVista prompts; not GPT) as an
+    OpenAI-compatible /v1/chat/completions on HOST:PORT until interrupted."""
+    from cumo.eval import rule_judge
+    from cumo.eval.judge_server import JudgeServer
+
+    server = JudgeServer(rule_judge.reply, host=args.host, port=args.port)
+    print(
+        f"{rule_judge.MODEL} at {server.base_url} (e.g. --judge-model {rule_judge.MODEL} --judge-base-url "
+        f"{server.base_url}; any OPENAI_API_KEY)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
 def upcycle(args) -> None:
@@ -286,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--judge-model", help="judge of MM-Vet, LLaVA-Wild, MathVista (paper: gpt-4-0613)")
     sub.add_argument("--judge-base-url", help="OpenAI-compatible server of the judge (default: OpenAI's)")
     sub.add_argument("--judge-runs", type=int, default=1, help="judge runs averaged (the paper: 3)")
+    sub.add_argument(
+        "--judge-serve",
+        choices=["rules"],
+        help="rules: judge with the tiny preset's rule judge, served in this process (offline; not the paper's)",
+    )
+
+    sub = add("judge-server", judge_server)
+    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sub.add_argument("--port", type=int, default=0, help="port (default 0: any free one, printed)")
 
     sub = add("upcycle", upcycle)
     sub.add_argument(
@@ -328,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
     from cumo.eval.benchmark import IncompletePredictions
+    from cumo.eval.judge import JudgeError
     from cumo.model.configuration_cumo import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -340,6 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         DownloadError,
         TooManySkipped,
         IncompletePredictions,
+        JudgeError,
     ) as error:
         sys.exit(f"cumo {args.step}: {error}")
 

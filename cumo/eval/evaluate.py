@@ -7,8 +7,13 @@
 
 With `shards > 1` every shard runs as its own process (`cumo eval ... --shard i`), on GPU i when the device
 is cuda, and this process merges and scores when they are all done; a shard that fails fails the run.
+
+A judged benchmark's judge is a model behind an OpenAI-compatible server (`judge_model`, `judge_base_url`), or,
+with `judge_serve="rules"`, the tiny preset's rule judge (cumo/eval/rule_judge.py), served on 127.0.0.1 by this
+process for the run's length and asked over HTTP like any other; its numbers are not the paper's GPT judges'.
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -30,6 +35,7 @@ from cumo.provenance import git_commit, package_versions, sha256_tree
 logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+JUDGE_SERVES = ("rules",)  # judges this process serves itself (`judge_serve`)
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class EvalConfig:
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_runs: int = 1
+    judge_serve: str | None = None  # "rules": the rule judge, served here (no judge_model / judge_base_url)
 
     def __post_init__(self):
         if self.benchmark not in NAMES:
@@ -56,6 +63,15 @@ class EvalConfig:
         get(self.benchmark).at_split(self.split)  # a split the benchmark does not have stops here
         if self.batch_size < 1 or self.shards < 1 or self.judge_runs < 1 or (self.max_new_tokens or 1) < 1:
             raise ValueError("batch_size, shards, judge_runs and max_new_tokens must be at least 1")
+        if self.judge_serve is not None and self.judge_serve not in JUDGE_SERVES:
+            raise ValueError(
+                f"judge_serve must be one of {', '.join(JUDGE_SERVES)}, got {self.judge_serve!r}"
+            )
+        if self.judge_serve and (self.judge_model or self.judge_base_url):
+            raise ValueError(
+                f"--judge-serve {self.judge_serve} is its own judge on its own server: give it without "
+                "--judge-model and --judge-base-url (or drop it to use that model)"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
@@ -133,14 +149,28 @@ def _run_shards(config: EvalConfig, out: Path) -> None:
         )
 
 
-def _judge(config: EvalConfig, benchmark: Benchmark, out: Path):
+def _judge(config: EvalConfig, benchmark: Benchmark, out: Path, stack: contextlib.ExitStack):
+    """The benchmark's Judge; a server this process runs for it stops when `stack` closes."""
     from cumo.eval.judge import Judge
 
+    if config.judge_serve == "rules":
+        from cumo.eval import rule_judge
+        from cumo.eval.judge_server import JudgeServer
+
+        server = stack.enter_context(JudgeServer(rule_judge.reply))
+        return Judge(
+            model=rule_judge.MODEL,
+            base_url=server.base_url,
+            cache_dir=out / "judge_cache",
+            runs=config.judge_runs,
+            prices_per_1k=rule_judge.PRICES_PER_1K,
+            api_key_env=None,
+        )
     if config.judge_model is None:
         raise ValueError(
             f"{benchmark.title} is scored by a judge model: give --judge-model (the paper's: "
             f"{benchmark.judge_model}) and, for a server other than OpenAI's, --judge-base-url; the key is read "
-            "from OPENAI_API_KEY"
+            "from OPENAI_API_KEY (or --judge-serve rules: the tiny preset's rule judge, offline)"
         )
     return Judge(
         model=config.judge_model,
@@ -152,14 +182,18 @@ def _judge(config: EvalConfig, benchmark: Benchmark, out: Path):
 
 def evaluate(config: EvalConfig, out: str | Path) -> dict:
     """Generate (sharded), merge, score and write metrics.json; returns what it wrote."""
-    out = Path(out)
+    with contextlib.ExitStack() as stack:  # a judge server of this run stops with it
+        return _evaluate(config, Path(out), stack)
+
+
+def _evaluate(config: EvalConfig, out: Path, stack: contextlib.ExitStack) -> dict:
     benchmark = config.resolved()
     folder = folder_of(benchmark, config.data_root)
     questions = benchmark.questions(folder)
     keys = [json.dumps(q.question_id) for q in questions]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{benchmark.name}: question ids repeat in {folder}; each question needs its own id")
-    judge = _judge(config, benchmark, out) if benchmark.judged else None
+    judge = _judge(config, benchmark, out, stack) if benchmark.judged else None
 
     started = time.monotonic()
     if config.shards == 1:

@@ -8,7 +8,8 @@ MathVista's answers (SHI-Labs/CuMo cumo/eval/extract_answer.py). Any server that
 
 - The key is read from the environment (`OPENAI_API_KEY`, or the variable named by `api_key_env`) when the
   judge is built, handed to the openai client and kept nowhere else: not in `repr`, `usage()`, the cache or
-  a log line.
+  a log line. `api_key_env=None` is a server that takes no key (the in-process rule judge,
+  cumo.eval.judge_server): the client sends a placeholder, as it must send something.
 - Every reply is cached on disk, one JSON file per call, named by the sha256 of the JSON of
   (model, messages, temperature, max_tokens, run). `run` is the index of an independent judging pass: the
   paper averages 3 runs, and at temperature 0 three runs are three calls only because their keys differ.
@@ -52,6 +53,7 @@ PRICES_PER_1K = {
 # APITimeoutError is an APIConnectionError; InternalServerError is any 5xx.
 TRANSIENT = (RateLimitError, InternalServerError, APIConnectionError)
 REQUEST_TIMEOUT_S = 120.0  # a grade is short; GPT-4 under load can still take a minute
+NO_KEY = "no-key"  # what the openai client sends to a server that takes none (it refuses an empty key)
 
 
 class JudgeError(RuntimeError):
@@ -77,13 +79,13 @@ class Judge:
         base_url: str | None = None,
         runs: int = 1,
         prices_per_1k: tuple[float, float] | None = None,
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str | None = "OPENAI_API_KEY",
         attempts: int = 6,
         backoff_s: float = 2.0,
     ):
         if runs < 1 or attempts < 1:
             raise ValueError(f"runs and attempts must be at least 1, got runs={runs}, attempts={attempts}")
-        key = os.environ.get(api_key_env)
+        key = os.environ.get(api_key_env) if api_key_env else NO_KEY
         if not key:
             raise JudgeError(
                 f"the judge's API key is read from ${api_key_env}, which is not set: export it (a local "
