@@ -3,6 +3,7 @@ new Slurm job with the next attempt's resources when, and only when, retries com
 (issue 6: a rule's own `retries:` directive re-runs the job inside the same allocation)."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,20 +57,24 @@ def test_sbatch_and_srun(slurm_cluster, tmp_path):  # noqa: F811
     assert "ExitCode=3:0" in slurm_cluster.run("scontrol", "show", "job", failing.strip())
 
 
+def snakemake(repository: Path, env: dict, *args: str) -> subprocess.Popen:
+    bin_dir = str(Path(sys.executable).parent)  # the jobs run `cumo` and `python -m snakemake`: this venv's
+    return subprocess.Popen(
+        [f"{bin_dir}/snakemake", *args],
+        cwd=repository,
+        env={**env, "PATH": bin_dir + ":" + env["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def start_flaky(cluster, directory: Path, rule_retries: bool, cli_retries: bool) -> subprocess.Popen:
     """Start snakemake on the flaky workflow in `directory`, through a profile for this cluster."""
     (directory / "profile").mkdir(parents=True)
     (directory / "Snakefile").write_text(SNAKEFILE.format(retries="    retries: 1\n" if rule_retries else ""))
     (directory / "profile" / "config.yaml").write_text(PROFILE + ("retries: 1\n" if cli_retries else ""))
-    bin_dir = str(Path(sys.executable).parent)  # the jobs run `python -m snakemake`: this venv's
-    return subprocess.Popen(
-        [f"{bin_dir}/snakemake", "--profile", "profile"],
-        cwd=directory,
-        env={**cluster.env, "PATH": bin_dir + ":" + cluster.env["PATH"]},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return snakemake(directory, cluster.env, "--profile", "profile")
 
 
 def finish_flaky(cluster, directory: Path, process: subprocess.Popen) -> tuple[list[tuple], list[int]]:
@@ -116,16 +121,18 @@ def test_cli_retries_resubmit_rule_retries_do_not(slurm_cluster, tmp_path):  # n
 def slurm_profile(repository: Path) -> Path:
     """profiles/slurm for this one-node cluster: the same retries and rerun settings, without conda
     (no network in the tests: the rules run in this venv) and with short waits; the workflow profile's
-    memory scaled to the node (the paper's 400 GB training jobs would never be scheduled), its runtimes,
-    their growth with the attempt and the training jobs' --signal kept."""
+    memory and CPUs scaled to the node (the paper's 400 GB training and 32-core evaluation jobs would never
+    be scheduled), its runtimes, their growth with the attempt and the training jobs' --signal kept."""
     profile = yaml.safe_load((repository / "profiles" / "slurm" / "config.yaml").read_text())
     for key in ("software-deployment-method", "configfile", "replace-workflow-config"):
         profile.pop(key)  # the tiny run is the embedded default
     profile |= {
-        "jobs": 1,
+        "jobs": 4,
         "latency-wait": 5,
         "slurm-init-seconds-before-status-checks": 1,
         "slurm-no-account": True,
+        # No accounting on this cluster, hence no sacct: states from squeue (profiles/slurm says so).
+        "slurm-status-command": "squeue",
     }
     path = repository / "profiles" / "slurm-test" / "config.yaml"
     path.parent.mkdir()
@@ -134,51 +141,131 @@ def slurm_profile(repository: Path) -> Path:
     resources = yaml.safe_load(workflow_profile.read_text())
     for rule in resources["set-resources"].values():
         rule["mem_mb"] = "2000 * attempt"
+        if "cpus_per_task" in rule:
+            rule["cpus_per_task"] = 1
     workflow_profile.write_text(yaml.safe_dump(resources))
     return path.parent
 
 
-@pytest.mark.slow
-def test_training_killed_mid_stage_resumes_in_a_new_job(slurm_cluster, tmp_path):  # noqa: F811
-    """The tiny DAG up to pretrain through profiles/slurm: the training job gets SIGTERM mid-stage (as Slurm
-    sends it before a time limit, --signal=TERM@300), saves and fails; Snakemake submits it again as a new
-    Slurm job, which resumes from the saved step instead of step 0."""
-    repository = tmp_path / "repo"
+# The tiny DAG on a smaller world, so that it runs twice (locally and through Slurm) in a few minutes: every
+# rule and benchmark of `make demo`, a sixth of its training steps.
+SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft": 200, "sft": 600}}
+
+
+def tiny_repository(root: Path) -> Path:
+    """A copy of what a run needs (workflow, config, profiles, envs) with the tiny config on SMALL_WORLD."""
     for folder in ("workflow", "config", "profiles", "envs"):
-        shutil.copytree(REPOSITORY / folder, repository / folder)
-    profile = slurm_profile(repository)
-    assert yaml.safe_load((profile / "config.yaml").read_text())["retries"] >= 1
-
-    bin_dir, target = str(Path(sys.executable).parent), "results/tiny/models/tiny/pretrain"
-    run = subprocess.Popen(
-        # No accounting on this cluster, hence no sacct: states from squeue (profiles/slurm says so).
-        [f"{bin_dir}/snakemake", "--profile", str(profile), "--slurm-status-command", "squeue", target],
-        cwd=repository,
-        env={**slurm_cluster.env, "PATH": bin_dir + ":" + slurm_cluster.env["PATH"]},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        shutil.copytree(REPOSITORY / folder, root / folder)
+    config_path = root / "config" / "tiny.yaml"
+    config_path.write_text(
+        yaml.safe_dump(yaml.safe_load(config_path.read_text()) | {"synthetic": SMALL_WORLD})
     )
-    steps_log = repository / "checkpoints" / "tiny" / "tiny" / "pretrain" / "metrics.jsonl"
-    deadline = time.monotonic() + 400
-    while not (steps_log.is_file() and len(steps_log.read_text().splitlines()) >= 10):
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+    return root
+
+
+@pytest.fixture
+def started():
+    """Processes a test starts and waits for; killed if the test fails first."""
+    processes = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def running_jobs(cluster, rule: str) -> list[int]:
+    lines = cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").splitlines()
+    return [int(line.split()[0]) for line in lines if f"rule_{rule}" in line]
+
+
+def wait_until(what: str, condition, run: subprocess.Popen, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert run.poll() is None, f"snakemake ended before {what}:\n{run.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
         time.sleep(0.2)
-    jobs = slurm_cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").splitlines()
-    (first,) = [int(line.split()[0]) for line in jobs if "rule_train" in line]
-    slurm_cluster.run("scancel", "--signal=TERM", str(first))  # to the job's steps, as --signal=TERM@300 does
+    return value
 
-    log, _ = run.communicate(timeout=600)
+
+def submissions(log: str, rule: str) -> list[int]:
+    """The Slurm jobs snakemake submitted for `rule`, in order (the executor logs each job's log file, which
+    lies under .snakemake/slurm_logs/rule_<rule>/)."""
+    return [int(job) for job in re.findall(rf"submitted with SLURM jobid (\d+) \(log: \S*/rule_{rule}/", log)]
+
+
+@pytest.mark.slow
+def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_cluster, tmp_path, started):  # noqa: F811
+    """The whole tiny DAG through profiles/slurm, next to a clean local run of the same config (issue 6).
+
+    Two failures on the way: the pretrain job gets SIGTERM mid-stage (as Slurm sends it before a time limit,
+    --signal=TERM@300), saves and exits; an evaluation job is killed outright as it starts (a lost node).
+    Each is submitted again as a new Slurm job; pretrain resumes from its saved step instead of step 0. The
+    final tables are those of the local run, and running the same command again does nothing."""
+    local = tiny_repository(tmp_path / "local")
+    local_run = snakemake(local, dict(os.environ), "--profile", "profiles/local")
+    started.append(local_run)
+    cluster = tiny_repository(tmp_path / "slurm")
+    profile = slurm_profile(cluster)
+    assert yaml.safe_load((profile / "config.yaml").read_text())["retries"] >= 1
+    run = snakemake(cluster, slurm_cluster.env, "--profile", str(profile))
+    started.append(run)
+
+    steps_log = cluster / "checkpoints" / "tiny" / "tiny" / "pretrain" / "metrics.jsonl"
+    wait_until(
+        "10 pretrain steps",
+        lambda: steps_log.is_file() and len(steps_log.read_text().splitlines()) >= 10,
+        run,
+    )
+    (pretrain,) = running_jobs(slurm_cluster, "train")
+    slurm_cluster.run(
+        "scancel", "--signal=TERM", str(pretrain)
+    )  # to the job's steps, as --signal=TERM@300 does
+
+    (evaluation, *_) = wait_until(
+        "a running evaluation", lambda: running_jobs(slurm_cluster, "evaluate"), run
+    )
+    slurm_cluster.run("scancel", "--signal=KILL", "--full", str(evaluation))
+
+    log, _ = run.communicate(timeout=1200)
     assert run.returncode == 0, f"{log}\n{slurm_cluster.logs()}"
-    submitted = re.findall(r"rule train:.*?submitted with SLURM jobid (\d+)", log, re.DOTALL)
-    assert [int(job) for job in submitted][:1] == [first] and len(submitted) == 2, log
-    assert slurm_cluster.wait(first) == "FAILED" and slurm_cluster.wait(submitted[1]) == "COMPLETED"
+    train_jobs, eval_jobs = submissions(log, "train"), submissions(log, "evaluate")
+    assert train_jobs[0] == pretrain and len(train_jobs) == 4, log  # pretrain twice, then pft and sft
+    # squeue forgets a job MinJobAge (300 s) after it ends, long before this run does: states from the log.
+    failed = dict(re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: '(\w+)'", log))
+    assert set(failed) == {str(pretrain), str(evaluation)} and failed[str(pretrain)] == "FAILED", failed
+    assert failed[str(evaluation)] in ("FAILED", "CANCELLED"), failed  # killed: by signal, or cancelled
+    evaluated = [path for path in (cluster / "results" / "tiny" / "eval").glob("*/*/metrics.json")]
+    assert len(eval_jobs) == len(evaluated) + 1, log  # every evaluation once, the killed one twice
 
-    total = json.loads((repository / target / "finished.json").read_text())["steps"]  # the tiny recipe's
+    total = json.loads((cluster / "results/tiny/models/tiny/pretrain/finished.json").read_text())["steps"]
     saved = sorted(int(path.name.split("-")[1]) for path in steps_log.parent.glob("checkpoint-*"))
     assert len(saved) == 2 and 10 <= saved[0] < saved[1] == total, saved  # the SIGTERM save, then the end
     # The second job's progress bar starts at the saved step (tqdm initial=step), not at 0.
-    train_log = (repository / "results" / "tiny" / "logs" / "train" / "tiny" / "pretrain.log").read_text()
+    train_log = (cluster / "results" / "tiny" / "logs" / "train" / "tiny" / "pretrain.log").read_text()
     assert re.search(rf"pretrain:\s+\d+%\|[^|]*\|\s*(\d+)/{total}", train_log).group(1) == str(saved[0])
     steps = [json.loads(line)["step"] for line in steps_log.read_text().splitlines()]
     assert steps == list(range(1, total + 1))  # each step logged once
+
+    local_log, _ = local_run.communicate(timeout=1200)
+    assert local_run.returncode == 0, local_log
+    corpora = cluster / "results" / "tiny" / "world" / "jsons"
+    assert {
+        stage: len(json.loads((corpora / f"synthetic_{stage}.json").read_text()))
+        for stage in SMALL_WORLD["sizes"]
+    } == SMALL_WORLD["sizes"]
+    for table in ("main.csv", "main.md", "main.tex"):
+        reproduced = (cluster / "results" / "tiny" / "tables" / table).read_text()
+        assert reproduced == (local / "results" / "tiny" / "tables" / table).read_text(), table
+    for metrics in evaluated:
+        mine = json.loads(metrics.read_text())
+        theirs = json.loads((local / metrics.relative_to(cluster)).read_text())
+        assert (mine["headline"], mine["metrics"], mine["n"]) == (
+            theirs["headline"],
+            theirs["metrics"],
+            theirs["n"],
+        )
+
+    again = snakemake(cluster, slurm_cluster.env, "--profile", str(profile), "--dry-run")
+    again_log, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "Nothing to be done" in again_log, again_log
