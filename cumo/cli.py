@@ -100,6 +100,7 @@ def train(args) -> None:
         save_every=args.save_every,
         keep=args.keep,
         num_workers=args.workers,
+        sources={part: str(path) for part, path in (("clip", args.clip), ("llm", args.llm)) if path},
     )
 
 
@@ -270,6 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--save-every", type=int, default=500, help="optimizer steps between checkpoints")
     sub.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
     sub.add_argument("--workers", type=int, default=4, help="data loader workers per rank")
+    sub.add_argument(
+        "--clip",
+        type=existing_directory,
+        help="pretrain of a paper preset: the CLIP weights' folder (`cumo download clip_vit_large_patch14_336`)"
+        "; default: the Hub's openai/clip-vit-large-patch14-336, fetched by the job itself",
+    )
+    sub.add_argument(
+        "--llm",
+        type=existing_directory,
+        help="pretrain of a paper preset: the LLM weights' folder (`cumo download mistral_7b_instruct_v0_2`)"
+        "; default: the preset's Hub repo, fetched by the job itself",
+    )
 
     sub = add("launch", launch)
     sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (more than 1: srun, one task per GPU)")

@@ -175,3 +175,9 @@ def test_paper_preset_pretrain_loads_clip_and_the_llm(tmp_path):
         torch.testing.assert_close(features[..., : expected.shape[-1]], expected)
         text = torch.tensor([[1, 50, 60, 70]])
         torch.testing.assert_close(model(input_ids=text).logits, llm(input_ids=text).logits)
+
+
+@pytest.mark.parametrize("stage, preset", [("pretrain", "tiny"), ("pft", "cumo-mistral-7b")])
+def test_base_weights_are_refused_where_no_stage_starts_from_them(tmp_path, stage, preset):
+    with pytest.raises(ValueError, match="drop --clip/--llm"):
+        prepare_model(stage_config(stage, preset), tmp_path, preset, {"llm": str(tmp_path)})

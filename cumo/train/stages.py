@@ -241,6 +241,12 @@ def prepare_model(
     by default CLIP_SOURCE and LLM_SOURCES[preset]. Raises `MissingPredecessor` before any compute when the
     previous stage's output is absent or unfinished.
     """
+    if sources and (PREVIOUS[stage.name] is not None or preset in TINY_PRESETS):
+        raise ValueError(
+            f"base weights ({', '.join(sources)}) are where a paper preset's pretrain starts; {stage.name} of "
+            f"{preset} starts from {'random weights' if PREVIOUS[stage.name] is None else 'the previous stage'}: "
+            "drop --clip/--llm"
+        )
     if PREVIOUS[stage.name] is None:
         model, processor = _pretrain_start(preset, sources or {})
     else:
