@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The whole tiny DAG (config/tiny.yaml, the workflow's default) on this machine: the shapes world, three
-# training stages, the benchmarks that need no judge, the table and the plots under results/tiny/.
+# training stages, the 13 benchmarks (the judged three by the rule judge), the table and the plots under results/tiny/.
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local
 

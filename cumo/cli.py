@@ -369,7 +369,6 @@ def main(argv: list[str] | None = None) -> None:
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
     from cumo.eval.benchmark import IncompletePredictions
-    from cumo.eval.judge import JudgeError
     from cumo.model.configuration_cumo import ConfigError
 
     args = build_parser().parse_args(argv)
@@ -382,7 +381,6 @@ def main(argv: list[str] | None = None) -> None:
         DownloadError,
         TooManySkipped,
         IncompletePredictions,
-        JudgeError,
     ) as error:
         sys.exit(f"cumo {args.step}: {error}")
 

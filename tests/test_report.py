@@ -25,7 +25,7 @@ TITLES = [
 ]  # fmt: skip
 
 
-def write_metrics(eval_dir, model, benchmark, value, split="val", metric="accuracy"):
+def write_metrics(eval_dir, model, benchmark, value, split="val", metric="accuracy", judge=None):
     path = eval_dir / model / benchmark / "metrics.json"
     path.parent.mkdir(parents=True)
     record = {
@@ -36,7 +36,7 @@ def write_metrics(eval_dir, model, benchmark, value, split="val", metric="accura
         "metrics": {},
         "n": 40,
         "prompt_variant": "default",
-        "judge": None,
+        "judge": None if judge is None else {"model": judge, "runs": 1, "usage": {}},
         "model": {"path": f"models/{model}", "digest": "0" * 64},
         "git_commit": "abc",
     }
@@ -68,6 +68,8 @@ def eval_dir(tmp_path):
     write_metrics(root, "cumo-mistral-7b", "vqav2", None, split="test-dev")  # the server scores it
     write_metrics(root, "tiny", "gqa", 12.5, split="testdev_balanced")
     write_metrics(root, "tiny", "vqav2", 30.0, split="val2014")  # scored locally, on another split
+    write_metrics(root, "tiny", "mmvet", 15.0, split="test", judge="cumo-rules")  # the tiny run's judge
+    write_metrics(root, "cumo-mistral-7b", "mathvista", 35.0, split="testmini", judge="gpt-3.5-turbo")
     return root
 
 
@@ -85,10 +87,20 @@ def test_cells_deltas_and_missing(eval_dir):
     assert "VQAv2: reproduced on val2014 (tiny), not test-dev." in table.notes
 
 
+def test_a_judge_other_than_the_papers_is_noted(eval_dir):
+    table = build_table(eval_dir, load_paper(PAPER), ["cumo-mistral-7b", "tiny"], ["mmvet", "mathvista"])
+    assert table.cells["tiny"]["mmvet"].reproduced == 15.0
+    judged = [note for note in table.notes if "judged by" in note]
+    # MathVista's gpt-3.5-turbo is the paper's own extraction judge: no note.
+    assert judged == [
+        "MM-Vet: judged by cumo-rules (tiny), not the paper's gpt-4-0613; not comparable with the paper's number."
+    ]
+
+
 def test_written_files(eval_dir, tmp_path):
     out = tmp_path / "tables"
     written = write_tables(eval_dir, PAPER, ["cumo-mistral-7b", "tiny"], list(NAMES), out)
-    assert written["missing"] == 2 * 13 - 6 and written["pending_server"] == 1
+    assert written["missing"] == 2 * 13 - 8 and written["pending_server"] == 1
 
     frame = pd.read_csv(out / "main.csv", header=[0, 1, 2], index_col=[0, 1])
     assert list(frame.columns.get_level_values(0)) == TITLES

@@ -157,34 +157,74 @@ def test_paper_targets_one_metrics_per_model_and_benchmark():
     )
 
 
-def test_tiny_targets_leave_out_judged_benchmarks_without_a_judge():
+def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_judge():
     config = load("config/tiny.yaml")
-    assert config["judge"] is None and config["synthetic"] and config["train"]["device"] == "cpu"
+    assert config["synthetic"] and config["train"]["device"] == "cpu"
+    assert config["judge"] == {"serve": "rules", "runs": 1}  # offline: no server, no key
     jobs = dry_run()
     blanked = {f"results/tiny/eval/tiny-blank-images/{bench}/metrics.json" for bench in ("gqa", "pope")}
     assert outputs(jobs, "evaluate") == blanked | {
-        f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES if bench not in JUDGED
+        f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES
     }
     assert {job["rule"] for job in jobs} == {
         "synthetic", "mixture", "train", "evaluate", "tables", "plots", "all"
     }  # fmt: skip
+    for bench in JUDGED:
+        command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json")
+        assert command.endswith(
+            f"--judge-serve rules --judge-runs 1 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
+        )
+    assert "--judge" not in eval_command("results/tiny/eval/tiny/gqa/metrics.json")
 
 
-def test_tiny_with_a_judge_scores_every_benchmark(tmp_path):
-    config = load("config/tiny.yaml") | {
-        "judge": {"model": "m", "base_url": "http://localhost:1/v1", "runs": 1}
+def with_judge(tmp_path, judge) -> list[str]:
+    """The tiny config with `judge` in place of its own, as --configfile arguments."""
+    path = tmp_path / "tiny_judge.yaml"
+    path.write_text(yaml.safe_dump(load("config/tiny.yaml") | {"judge": judge}))
+    return ["--configfile", str(path), "--replace-workflow-config"]
+
+
+def test_without_a_judge_the_judged_benchmarks_are_left_out(tmp_path):
+    jobs = dry_run(*with_judge(tmp_path, None))
+    evaluated = {path for path in outputs(jobs, "evaluate") if "/eval/tiny/" in path}
+    assert evaluated == {
+        f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES if bench not in JUDGED
     }
-    path = tmp_path / "tiny_judged.yaml"
-    path.write_text(yaml.safe_dump(config))
-    jobs = dry_run("--configfile", str(path), "--replace-workflow-config")
-    evaluated = outputs(jobs, "evaluate")
-    assert {path for path in evaluated if "/eval/tiny/" in path} == {
-        f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES
+
+
+def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
+    # The paper's: GPT-4 0613 grades MM-Vet and reviews LLaVA-W over 3 runs, gpt-3.5-turbo reads MathVista.
+    paper = {
+        bench: eval_command(f"results/paper/eval/cumo-mistral-7b/{bench}/metrics.json", *PAPER)
+        for bench in JUDGED
     }
+    assert paper["mmvet"].endswith(
+        "--judge-model gpt-4-0613 --judge-runs 3 > results/paper/logs/eval/cumo-mistral-7b/mmvet.log 2>&1"
+    )
+    assert "--judge-model gpt-4-0613 --judge-runs 3 >" in paper["llava_wild"]
+    assert "--judge-model gpt-3.5-turbo --judge-runs 3 >" in paper["mathvista"]
+    # `models` over `model` over the benchmark's paper judge; base_url goes to every one.
+    url = "http://127.0.0.1:8000/v1"
+    for judge, expected in [
+        ({"runs": 1}, {"mmvet": "gpt-4-0613", "llava_wild": "gpt-4-0613", "mathvista": "gpt-3.5-turbo"}),
+        (
+            {"model": "m", "models": {"mathvista": "x"}, "runs": 1},
+            {"mmvet": "m", "llava_wild": "m", "mathvista": "x"},
+        ),
+        (
+            {"models": {"mmvet": "y"}, "base_url": url, "runs": 1},
+            {"mmvet": "y", "llava_wild": "gpt-4-0613", "mathvista": "gpt-3.5-turbo"},
+        ),
+    ]:
+        config = with_judge(tmp_path, judge)
+        at = f" --judge-base-url {url}" if "base_url" in judge else ""
+        for bench, model in expected.items():
+            command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json", *config)
+            assert f" --judge-model {model} --judge-runs 1{at} >" in command
 
 
-def eval_command(target: str) -> str:
-    result = snakemake("--dry-run", "--forceall", "--printshellcmds", target)
+def eval_command(target: str, *config) -> str:
+    result = snakemake("--dry-run", "--forceall", "--printshellcmds", target, *config)
     assert result.returncode == 0, result.stdout + result.stderr
     (command,) = [line for line in result.stdout.splitlines() if line.startswith("Shell command: cumo eval")]
     return command
@@ -269,6 +309,18 @@ def test_a_released_checkpoint_is_converted_and_evaluated(tmp_path):
             ["instance['models']['tiny']['preset']", "'tiny-llama' is not one of ['tiny', 'tiny-mixtral'"],
         ),
         ({"judge": {"model": "m", "base_url": None}}, ["instance['judge']", "'runs' is a required property"]),
+        (
+            {"judge": {"serve": "rules", "runs": 1, "model": "m"}},
+            ["instance['judge']['model']", "should not be valid"],
+        ),
+        (
+            {"judge": {"serve": "gpt", "runs": 1}},
+            ["instance['judge']['serve']", "'gpt' is not one of ['rules']"],
+        ),
+        (
+            {"judge": {"models": {"gqa": "m"}, "runs": 1}},
+            ["instance['judge']['models']", "'gqa' is not one of"],
+        ),
         ({"train": {"device": "cpu"}}, ["instance['train']", "'processes_per_node' is a required property"]),
     ],
 )
@@ -292,13 +344,13 @@ def test_schema_enums_are_the_packages_names():
         assert load(name)["benchmarks"] == list(NAMES), f"{name} lists the 13 benchmarks in Table 1's order"
 
 
-def test_judged_benchmarks_are_those_the_package_declares():
+def test_judged_benchmarks_and_their_paper_judges_are_those_the_package_declares():
     common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
-    declared = set(ast.literal_eval(re.search(r"^JUDGED = (\(.*\))", common, re.M)[1]))
-    assert declared == JUDGED
+    declared = ast.literal_eval(re.search(r"^PAPER_JUDGES = (\{.*?\})", common, re.M | re.S)[1])
+    assert set(declared) == JUDGED
     from cumo.eval.benchmarks import get
 
-    assert {name for name in NAMES if get(name).judged} == declared
+    assert {name: get(name).judge_model for name in NAMES if get(name).judged} == declared
 
 
 # -- rules: directives and envs --------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Reproduced numbers are the headlines of `<eval_dir>/<model>/<benchmark>/metrics.
 paper's come from `config/paper_results.yaml` (Li et al. 2024, arXiv 2405.05949, Table 1), which also says
 each column's split and metric. A headline of null/NaN is a benchmark scored by its server (VQAv2
 test-dev): the cell says so. A missing file is a missing cell, never a 0; both are counted. A model the paper
-does not report (`tiny`) has a reproduced row only.
+does not report (`tiny`) has a reproduced row only. A column judged by another model than the paper's judge
+(the tiny run's rule judge, `cumo-rules`) says so under the table: that number is not comparable.
 """
 
 import io
@@ -17,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from cumo.eval.benchmarks import NAMES
+from cumo.eval.benchmarks import NAMES, get
 
 METRICS_FILE = "metrics.json"
 ROWS = ("reproduced", "reported", "delta")
@@ -57,7 +58,7 @@ class Table:
     columns: list[Column]
     cells: dict[str, dict[str, Cell]]  # model -> benchmark -> cell, both in table order
     paper_models: set[str]  # the models with reported rows
-    notes: list[str]  # footnotes: the source, and where a reproduced split differs from the paper's
+    notes: list[str]  # footnotes: the source, where a reproduced split or judge differs from the paper's
     source: str
 
     def counts(self) -> dict[str, int]:
@@ -151,6 +152,17 @@ def build_table(eval_dir: Path, paper: Paper, models: list[str], benchmarks: lis
         for split, split_models in other_splits.items():
             notes.append(
                 f"{column.title}: reproduced on {split} ({', '.join(split_models)}), not {column.split}."
+            )
+        # So is a judge other than the paper's (metrics.json's judge.model against the benchmark's judge_model).
+        other_judges = {}
+        for model, data in found.get(name, []):
+            judge = (data.get("judge") or {}).get("model")
+            if judge is not None and judge != get(name).judge_model:
+                other_judges.setdefault(judge, []).append(model)
+        for judge, judged_models in other_judges.items():
+            notes.append(
+                f"{column.title}: judged by {judge} ({', '.join(judged_models)}), not the paper's "
+                f"{get(name).judge_model}; not comparable with the paper's number."
             )
     paper_models = {model for model in models if model in paper.reported}
     return Table(columns, cells, paper_models, notes, paper.source)

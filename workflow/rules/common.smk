@@ -14,9 +14,15 @@ RUN = f"results/{config['run']}"
 DATA = config["data_root"]
 STAGES = ("pretrain", "pft", "sft")
 PREVIOUS = {"pft": "pretrain", "sft": "pft"}  # cumo/train/stages.py PREVIOUS
-# The benchmarks a judge model scores (cumo/eval/benchmarks/<name>.py: judged=True; tests/test_workflow.py
-# checks the two agree). Without a judge in the config they are not targets, and the table leaves them empty.
-JUDGED = ("mmvet", "llava_wild", "mathvista")
+# The benchmarks a judge model scores, each with the paper's judge (cumo/eval/benchmarks/<name>.py: judged=True,
+# judge_model; tests/test_workflow.py checks they agree): a config judge without `model` uses these. Without a
+# judge in the config the three are not targets, and the table leaves them empty.
+PAPER_JUDGES = {
+    "mmvet": "gpt-4-0613",
+    "llava_wild": "gpt-4-0613",
+    "mathvista": "gpt-3.5-turbo",
+}
+JUDGED = tuple(PAPER_JUDGES)
 # Sources declared for `cumo download` (its default --config): a source's marker path and what it requires.
 SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
 
@@ -198,13 +204,23 @@ def eval_data(wildcards):
 
 
 def judge_flags(wildcards):
+    """`cumo eval`'s judge: the rule judge it serves itself, or the benchmark's model (`models`, else `model`,
+    else the paper's) at `base_url`."""
     judge = config["judge"]
-    if wildcards.bench not in JUDGED:
-        return ""
-    flags = f"--judge-model {shlex.quote(judge['model'])} --judge-runs {judge['runs']}"
+    if wildcards.bench not in JUDGED or judge is None:
+        return ""  # a judged benchmark asked for without a judge: `cumo eval` says what to give
+    runs = f"--judge-runs {judge['runs']}"
+    if judge.get("serve"):
+        return f"--judge-serve {judge['serve']} {runs}"
+    model = (
+        judge.get("models", {}).get(wildcards.bench)
+        or judge.get("model")
+        or PAPER_JUDGES[wildcards.bench]
+    )
+    flags = f"--judge-model {shlex.quote(model)} {runs}"
     return flags + (
         f" --judge-base-url {shlex.quote(judge['base_url'])}"
-        if judge["base_url"]
+        if judge.get("base_url")
         else ""
     )
 
