@@ -4,9 +4,11 @@
   halfway through the body once (so a client must resume).
 - `HubServer`: the part of the Hugging Face Hub that `snapshot_download` talks to, reached through
   HF_ENDPOINT: revision info (`/api/datasets/<repo>/revision/<rev>`), the recursive tree listing with git
-  and LFS hashes (`/api/datasets/<repo>/tree/<commit>`), and `resolve` URLs answering HEAD and GET with the
-  headers huggingface_hub reads (X-Repo-Commit, ETag, Content-Length); see huggingface_hub's
-  `hf_api.HfApi.dataset_info`, `list_repo_tree` and `file_download.get_hf_file_metadata`.
+  and LFS hashes (`/api/datasets/<repo>/tree/<commit>`), and `resolve` URLs
+  (`/datasets/<repo>/resolve/<commit>/<path>`) answering HEAD and GET with the headers huggingface_hub reads
+  (X-Repo-Commit, ETag, Content-Length); a model repo answers the same under `/api/models/<repo>/...` and
+  `/<repo>/resolve/...`. See huggingface_hub's `hf_api.HfApi.repo_info`, `list_repo_tree` and
+  `file_download.get_hf_file_metadata`.
 
 Both record every request as (method, path, headers), so a test can assert what was asked.
 """
@@ -141,12 +143,14 @@ class _HubHandler(_Handler):
         hub = self.server.owner
         path = unquote(urlsplit(self.path).path)
         match = re.fullmatch(
-            r"/api/datasets/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path
-        ) or re.fullmatch(r"/datasets/([^/]+/[^/]+)/(resolve)/([^/]+)/(.+)", path)
+            r"/api/(datasets|models)/([^/]+/[^/]+)/(revision|tree)/([^/]+)(/.*)?", path
+        ) or re.fullmatch(r"/(datasets/)?([^/]+/[^/]+)/(resolve)/([^/]+)/(.+)", path)
         if not match:
             return self._error(404, "EntryNotFound", f"no route for {path}", head)
-        repo, kind, revision, rest = match.groups()
-        if repo not in hub.repos:
+        prefix, repo, kind, revision, rest = match.groups()
+        repo_type = "model" if prefix in (None, "models") else "dataset"
+        # As on the Hub, a model and a dataset are separate namespaces: asked as the other type, a repo is absent.
+        if repo not in hub.repos or hub.repo_type(repo) != repo_type:
             return self._error(404, "RepoNotFound", f"Repository {repo} not found", head)
         commit = hub.commit(repo)
         if revision not in ("main", commit):
@@ -165,7 +169,7 @@ class _HubHandler(_Handler):
             return self._json(entries)
         # As on the Hub, a gated repo's info and listing are public; its files need a token.
         if repo in hub.gated and "authorization" not in {key.lower() for key in self.headers}:
-            return self._error(401, "GatedRepo", f"Access to dataset {repo} is restricted", head)
+            return self._error(401, "GatedRepo", f"Access to {repo_type} {repo} is restricted", head)
         if rest not in files:
             return self._error(404, "EntryNotFound", f"{rest} does not exist in {repo}", head)
         content = hub.corrupt.get((repo, rest), files[rest])
@@ -180,20 +184,26 @@ class _HubHandler(_Handler):
 
 
 class HubServer(_Server):
-    """Dataset repos (repo id -> {path: bytes}), each at a single commit reachable as `main`.
+    """Repos (repo id -> {path: bytes}), each at a single commit reachable as `main`: datasets, except the
+    ids in `models`, which are model repos.
 
-    Files ending in .zip or .parquet are stored in LFS (identified by sha256), the others in git (by their
-    blob sha1), as on the Hub. `gated` repos answer 401 GatedRepo to file requests without a token; `corrupt`
-    maps (repo, path) to bytes served in place of the file's own (the listing keeps the true hashes).
+    Files ending in .zip, .parquet, .safetensors or .bin are stored in LFS (identified by sha256), the others
+    in git (by their blob sha1), as on the Hub. `gated` repos answer 401 GatedRepo to file requests without a
+    token; `corrupt` maps (repo, path) to bytes served in place of the file's own (the listing keeps the true
+    hashes).
     """
 
-    LFS_SUFFIXES = (".zip", ".parquet")
+    LFS_SUFFIXES = (".zip", ".parquet", ".safetensors", ".bin")
 
-    def __init__(self, repos: dict[str, dict[str, bytes]], gated=(), corrupt: dict | None = None):
+    def __init__(self, repos: dict[str, dict[str, bytes]], gated=(), corrupt: dict | None = None, models=()):
         super().__init__(_HubHandler)
         self.repos = repos
         self.gated = set(gated)
         self.corrupt = corrupt or {}
+        self.models = set(models)
+
+    def repo_type(self, repo: str) -> str:
+        return "model" if repo in self.models else "dataset"
 
     @staticmethod
     def commit(repo: str) -> str:

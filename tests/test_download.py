@@ -1,7 +1,8 @@
 """Every download path of cumo.data.download against servers on 127.0.0.1 (tests/servers.py): plain HTTPS
 files (whole, resumed after a dropped connection, retried, refused for a wrong digest), files placed by
-hand, Hub repos through HF_ENDPOINT (pinned commit, allow-patterns, gated, corrupted), safe extraction,
-markers and idempotency, and the declarations in config/sources.yaml."""
+hand, Hub repos through HF_ENDPOINT (pinned commit, allow-patterns, gated, corrupted; datasets and model
+weights that from_pretrained then reads offline), safe extraction, markers and idempotency, and the
+declarations in config/sources.yaml."""
 
 import fnmatch
 import hashlib
@@ -15,6 +16,7 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import yaml
+from huggingface_hub.utils import filter_repo_objects
 
 from cumo.data import download as dl
 from cumo.data.download import (
@@ -28,6 +30,7 @@ from cumo.data.download import (
     fetch_url,
     load_sources,
     plan,
+    source_folder,
 )
 from tests.servers import FileServer, HubServer, local_only
 
@@ -337,6 +340,7 @@ def test_hub_source_fetches_the_allowed_files_at_the_resolved_commit(tmp_path, h
     assert record["hub"] == [
         {
             "repo": "org/shapes",
+            "repo_type": "dataset",
             "revision": "main",
             "commit": commit,
             "sha256": {name: sha256(SHAPES_REPO[name]) for name in ("captions.json", "images.zip")},
@@ -433,6 +437,125 @@ def test_gated_hub_source_with_a_conversion_writes_its_entries(tmp_path, hub_env
     ]
 
 
+def tiny_mistral_repo(tmp_path: Path) -> tuple[dict[str, bytes], object]:
+    """A real (tiny) Mistral checkpoint as transformers writes it, sharded like Mistral-7B's, and next to it
+    a consolidated.safetensors in Mistral's own format, as the mistralai repos carry: the files of a model
+    repo, and the model they hold."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config)
+    model.save_pretrained(tmp_path / "saved", max_shard_size="8KB")
+    files = {path.name: path.read_bytes() for path in (tmp_path / "saved").iterdir()}
+    save_file(model.state_dict(), tmp_path / "consolidated.safetensors")
+    files["consolidated.safetensors"] = (tmp_path / "consolidated.safetensors").read_bytes()
+    files["README.md"] = b"# tiny mistral"
+    return files, model
+
+
+def model_config(tmp_path: Path, gated: bool = False) -> Path:
+    """A model source with the weights patterns config/sources.yaml declares for Mistral-7B-Instruct-v0.2
+    (its tokenizer's aside: the tiny model has none)."""
+    shipped = load_sources(REPO_ROOT / "config/sources.yaml")["mistral_7b_instruct_v0_2"].hub[0]
+    repo = {
+        "repo": "org/tiny-lm",
+        "repo_type": "model",
+        "revision": "main",
+        "gated": gated,
+        "allow": [pattern for pattern in shipped.allow if "token" not in pattern],
+    }
+    return write_config(
+        tmp_path / "sources.yaml",
+        {
+            "tiny_lm": {
+                "page": "https://huggingface.co/org/tiny-lm",
+                "folder": "models/tiny-lm",
+                "hub": [repo],
+            }
+        },
+    )
+
+
+def test_model_repo_lands_as_a_directory_from_pretrained_reads_offline(tmp_path, hub_env):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    files, model = tiny_mistral_repo(tmp_path)
+    config = model_config(tmp_path)
+    data = tmp_path / "data"
+    with pytest.raises(FileNotFoundError, match="Run `cumo download tiny_lm --data-root"):
+        source_folder("tiny_lm", data, config)
+    with HubServer({"org/tiny-lm": files}, models={"org/tiny-lm"}) as hub:
+        hub_env.setenv("HF_ENDPOINT", hub.url)
+        with pytest.warns(UserWarning, match="'main' is not a commit"):
+            (record,) = download(["tiny_lm"], data, config)
+    commit = HubServer.commit("org/tiny-lm")
+    fetched = {name for name in files if name.startswith("model") or name.endswith(".json")}
+    assert len([name for name in fetched if name.endswith(".safetensors")]) > 1  # sharded, with an index
+    assert record["hub"] == [
+        {
+            "repo": "org/tiny-lm",
+            "repo_type": "model",
+            "revision": "main",
+            "commit": commit,
+            "sha256": {name: sha256(files[name]) for name in sorted(fetched)},
+        }
+    ]
+    folder = source_folder("tiny_lm", data, config)
+    assert folder == data / "models/tiny-lm" and (folder / ".tiny_lm.done").is_file()
+    assert not (folder / "consolidated.safetensors").exists() and not (folder / "README.md").exists()
+    # Asked as a model, never as a dataset; every file at the one resolved commit.
+    paths = [path for _, path, _ in hub.requests]
+    assert not any("datasets" in path for path in paths)
+    assert any(path.startswith("/api/models/org/tiny-lm/") for path in paths)
+    resolved = [path for path in paths if "/resolve/" in path]
+    assert resolved and all(path.startswith(f"/org/tiny-lm/resolve/{commit}/") for path in resolved)
+    # The server is gone: the directory alone is the model, tensor for tensor.
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert all(torch.equal(tensor, expected[key]) for key, tensor in loaded.state_dict().items())
+
+
+def test_gated_model_repo_without_a_token_names_the_model_page(tmp_path, hub_env):
+    names = (
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00001.safetensors",
+    )
+    files = {name: name.encode() for name in names}
+    with HubServer({"org/tiny-lm": files}, gated={"org/tiny-lm"}, models={"org/tiny-lm"}) as hub:
+        hub_env.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(ManualStepNeeded) as declared:
+            download(["tiny_lm"], tmp_path / "data", model_config(tmp_path, gated=True))
+        assert hub.requests == []
+        # Not declared gated: the Hub's 401 for the model's files gives the same instructions.
+        with pytest.warns(UserWarning), pytest.raises(ManualStepNeeded) as answered:
+            download(["tiny_lm"], tmp_path / "data", model_config(tmp_path))
+        assert any("/org/tiny-lm/resolve/" in path for _, path, _ in hub.requests)
+    for error in (declared, answered):
+        message = str(error.value)
+        assert (
+            "accept its terms at https://huggingface.co/org/tiny-lm," in message and "datasets" not in message
+        )
+        assert "HF_TOKEN" in message and str(tmp_path / "data/models/tiny-lm") in message
+    assert not (tmp_path / "data/models/tiny-lm/.tiny_lm.done").exists()
+
+
+def test_source_folder_of_an_undeclared_source_lists_the_declared_ones(tmp_path):
+    with pytest.raises(
+        SourceConfigError, match=r"unknown source 'clip'; the declared ones are \[.*'clip_vit"
+    ):
+        source_folder("clip", tmp_path, REPO_ROOT / "config/sources.yaml")
+
+
 # -- Declarations ------------------------------------------------------------------------------------------
 
 
@@ -441,6 +564,14 @@ def test_gated_hub_source_with_a_conversion_writes_its_entries(tmp_path, hub_env
     [
         ({"page": "p", "folder": "x", "mirror": "y"}, r"source 'bad': unknown field\(s\) \['mirror'\]"),
         ({"page": "p"}, r"source 'bad': missing field\(s\) \['folder'\]"),
+        (
+            {
+                "page": "p",
+                "folder": "x",
+                "hub": [{"repo": "a/b", "revision": "main", "allow": ["*"], "repo_type": "space"}],
+            },
+            r"source 'bad', hub\[0\]: repo_type 'space' is not one of \['dataset', 'model'\]",
+        ),
         ({"page": "p", "folder": "../x"}, "folder: '../x' must be a relative path"),
         (
             {"page": "p", "folder": "x", "web": [{"url": "u", "sha256": "abc"}]},
@@ -494,7 +625,7 @@ DESIGN_FOLDERS = {
 def test_shipped_declarations_cover_every_source_in_cumos_tree():
     sources = load_sources(REPO_ROOT / "config/sources.yaml")
     # The evaluation sources (eval_*) are tests/test_eval_sources.py's.
-    assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES
+    assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES | set(BASE_MODELS)
     assert DESIGN_FOLDERS <= {source.folder for source in sources.values()}
     assert {repo.repo for s in sources.values() for repo in s.hub} >= {
         "liuhaotian/LLaVA-Pretrain", "FreedomIntelligence/ALLaVA-4V", "liuhaotian/LLaVA-Instruct-150K",
@@ -507,6 +638,53 @@ def test_shipped_declarations_cover_every_source_in_cumos_tree():
     assert all(
         r.revision == "main" or dl.COMMIT.fullmatch(r.revision) for s in sources.values() for r in s.hub
     )
+
+
+# The base models' sources, and the Hub ids pretrain loads (cumo/train/stages.py): the same repos.
+BASE_MODELS = {
+    "clip_vit_large_patch14_336": "openai/clip-vit-large-patch14-336",
+    "mistral_7b_instruct_v0_2": "mistralai/Mistral-7B-Instruct-v0.2",
+    "mixtral_8x7b_instruct_v0_1": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+}
+# File listings as the Hub shows them, each with the files from_pretrained reads. CLIP: the files of
+# openai/clip-vit-large-patch14-336 (no safetensors). Mistral: the layout of mistralai/Mistral-7B-Instruct-v0.3
+# (HF shards next to consolidated.safetensors, params.json and tokenizer.model.v3), with the .bin shards and
+# consolidated.0N.pt that older mistralai repos (Mixtral-8x7B-v0.1) add.
+CLIP_LISTING = (
+    ".gitattributes", "README.md", "config.json", "merges.txt", "preprocessor_config.json", "pytorch_model.bin",
+    "special_tokens_map.json", "tf_model.h5", "tokenizer.json", "tokenizer_config.json", "vocab.json",
+)  # fmt: skip
+CLIP_WANTED = {"config.json", "preprocessor_config.json", "pytorch_model.bin"}
+MISTRAL_LISTING = (
+    ".gitattributes", "README.md", "config.json", "consolidated.safetensors", "consolidated.00.pt",
+    "generation_config.json", "model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
+    "model-00003-of-00003.safetensors", "model.safetensors.index.json", "params.json",
+    "pytorch_model-00001-of-00003.bin", "pytorch_model.bin.index.json", "special_tokens_map.json",
+    "tokenizer.json", "tokenizer.model", "tokenizer.model.v3", "tokenizer_config.json",
+)  # fmt: skip
+MISTRAL_WANTED = {
+    "config.json", "generation_config.json", "model-00001-of-00003.safetensors",
+    "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors", "model.safetensors.index.json",
+    "special_tokens_map.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+}  # fmt: skip
+
+
+def test_base_models_are_model_repos_that_fetch_only_what_from_pretrained_reads():
+    from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES
+
+    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    assert set(BASE_MODELS.values()) == {CLIP_SOURCE, *LLM_SOURCES.values()}
+    for name, repo_id in BASE_MODELS.items():
+        (repo,) = sources[name].hub
+        assert (repo.repo, repo.repo_type, repo.gated) == (repo_id, "model", repo_id.startswith("mistralai/"))
+        assert sources[name].page == repo.page == f"https://huggingface.co/{repo_id}"
+        assert sources[name].folder == f"models/{repo_id.split('/')[1]}"
+        listing, wanted = (CLIP_LISTING, CLIP_WANTED) if "clip" in name else (MISTRAL_LISTING, MISTRAL_WANTED)
+        # Every pattern selects something (else fetch_hub stops), and together only the wanted files: not
+        # Mistral's own-format copies of the weights, which would double the download.
+        for pattern in repo.allow:
+            assert list(filter_repo_objects(listing, allow_patterns=[pattern])), (name, pattern)
+        assert set(filter_repo_objects(listing, allow_patterns=list(repo.allow))) == wanted, name
 
 
 def test_every_archive_to_extract_is_one_its_source_fetches():

@@ -1,12 +1,14 @@
-"""From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every source, training data
-and benchmarks alike.
+"""From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every source, training data,
+benchmarks and the base models pretrain starts from (CLIP, Mistral, Mixtral) alike.
 
 The sources are declared in `config/sources.yaml` (repo ids, revisions, allow-patterns, URLs, digests,
 target folders); a source that needs code (a conversion to LLaVA's conversation schema, images named by
 URL in a metadata file) has a module in `cumo/data/sources/`. This module is the machinery they share:
 
-- Hub repos through huggingface_hub's `snapshot_download`, at the commit the declared revision resolves to;
-  every file is then checked against the sha256 (LFS) or git hash the Hub lists for it at that commit.
+- Hub repos, dataset or model, through huggingface_hub's `snapshot_download`, at the commit the declared
+  revision resolves to; every file is then checked against the sha256 (LFS) or git hash the Hub lists for it
+  at that commit. A model repo lands as a plain directory that `from_pretrained` reads without network, so
+  a training job on a compute node only needs `source_folder` (its marker must exist).
 - HTTPS files with resume (`Range`), retries with exponential back-off and a sha256 check where the
   digest is declared; where it is not, the computed digest is printed and recorded so it can be declared.
 - Files behind a registration are placed by hand; a source missing one stops before fetching anything,
@@ -55,6 +57,10 @@ from cumo.data.skips import SkipCounter
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+HUB_URL = "https://huggingface.co"
+# The Hub repo types a source can fetch (spaces hold apps, not data); the Hub's routes differ by type:
+# /api/datasets/<id>, /datasets/<id>/resolve/... versus /api/models/<id>, /<id>/resolve/...
+REPO_TYPES = ("dataset", "model")
 CHUNK = 1 << 20
 BAR_MIN_BYTES = 16 << 20  # smaller files get no progress bar of their own (fetch_all has one for them all)
 
@@ -84,11 +90,17 @@ class UnsafeArchiveError(DownloadError):
 
 @dataclass(frozen=True)
 class HubRepo:
-    repo: str  # a dataset repo id, owner/name
+    repo: str  # a repo id, owner/name
     revision: str  # a 40-hex commit pins it; a branch is resolved and the commit recorded
     allow: tuple[str, ...]  # fnmatch patterns over repo paths, as snapshot_download's allow_patterns
     into: str = "."  # sub-folder of the source's folder
     gated: bool = False  # the repo asks its users to accept terms: a token is needed
+    repo_type: str = "dataset"  # one of REPO_TYPES: "model" for base weights (config.json, shards, tokenizer)
+
+    @property
+    def page(self) -> str:
+        """The repo's page on the Hub, where a gated repo's terms are accepted (models have no prefix)."""
+        return f"{HUB_URL}/{self.repo}" if self.repo_type == "model" else f"{HUB_URL}/datasets/{self.repo}"
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,11 @@ def _parse_source(name: str, raw, where: str) -> Source:
     _relative(source.folder, f"{where}, folder")
     for i, repo in enumerate(source.hub):
         _relative(repo.into, f"{where}, hub[{i}].into")
+        if repo.repo_type not in REPO_TYPES:
+            raise SourceConfigError(
+                f"{where}, hub[{i}]: repo_type {repo.repo_type!r} is not one of {list(REPO_TYPES)}; "
+                "use model for weights (huggingface.co/<id>), dataset for data (huggingface.co/datasets/<id>)"
+            )
         if not repo.allow:
             raise SourceConfigError(
                 f"{where}, hub[{i}]: allow needs at least one pattern (never the whole repo)"
@@ -206,14 +223,19 @@ def load_sources(path: str | Path) -> dict[str, Source]:
     return sources
 
 
+def _declared(name: str, sources: dict[str, Source]) -> Source:
+    if name not in sources:
+        raise SourceConfigError(f"unknown source {name!r}; the declared ones are {sorted(sources)}")
+    return sources[name]
+
+
 def plan(names: Iterable[str], sources: dict[str, Source]) -> list[Source]:
     """The named sources and what they require, each once, requirements first."""
     order: list[Source] = []
     visiting: list[str] = []
 
     def visit(name: str) -> None:
-        if name not in sources:
-            raise SourceConfigError(f"unknown source {name!r}; the declared ones are {sorted(sources)}")
+        _declared(name, sources)
         if name in visiting:
             raise SourceConfigError(
                 f"sources require each other in a cycle: {' -> '.join([*visiting, name])}"
@@ -394,7 +416,7 @@ def fetch_all(pairs: Iterable[tuple[str, Path]], counter: SkipCounter, workers: 
 def _gated_message(repo: HubRepo, local_dir: Path) -> str:
     return (
         f"{repo.repo} is gated on the Hugging Face Hub. Log in, accept its terms at "
-        f"https://huggingface.co/datasets/{repo.repo}, create a read token at "
+        f"{repo.page}, create a read token at "
         "https://huggingface.co/settings/tokens and export HF_TOKEN=<token> (or run `hf auth login`), then run "
         f"again. Its files go to {local_dir}, each checked against the sha256 (LFS) or git hash the Hub lists "
         "for it at the resolved commit. The source is not marked done before they all are."
@@ -423,7 +445,8 @@ def _select(repo: HubRepo, commit: str, tree: list[RepoFile]) -> dict[str, RepoF
 
 
 def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
-    """Download the files of a Hub dataset repo that `repo.allow` selects into `local_dir` and verify them.
+    """Download the files of a Hub repo (dataset or model) that `repo.allow` selects into `local_dir` and
+    verify them.
 
     The revision is resolved to a commit first and everything is fetched at that commit, so the files are
     one consistent snapshot; a revision that is not a commit is warned about. Returns the record for the
@@ -440,16 +463,18 @@ def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
     endpoint = os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint)
     try:
-        commit = api.dataset_info(repo.repo, revision=repo.revision).sha
+        commit = api.repo_info(repo.repo, repo_type=repo.repo_type, revision=repo.revision).sha
         tree = [
             entry
-            for entry in api.list_repo_tree(repo.repo, repo_type="dataset", revision=commit, recursive=True)
+            for entry in api.list_repo_tree(
+                repo.repo, repo_type=repo.repo_type, revision=commit, recursive=True
+            )
             if isinstance(entry, RepoFile)
         ]
         wanted = _select(repo, commit, tree)
         snapshot_download(
             repo.repo,
-            repo_type="dataset",
+            repo_type=repo.repo_type,
             revision=commit,
             allow_patterns=list(repo.allow),
             local_dir=local_dir,
@@ -481,7 +506,13 @@ def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
                 "The file was deleted: run again to fetch it anew."
             )
         digests[path] = sha256
-    return {"repo": repo.repo, "revision": repo.revision, "commit": commit, "sha256": digests}
+    return {
+        "repo": repo.repo,
+        "repo_type": repo.repo_type,
+        "revision": repo.revision,
+        "commit": commit,
+        "sha256": digests,
+    }
 
 
 # -- Files placed by hand ------------------------------------------------------------------------------------
@@ -716,6 +747,24 @@ def download_source(source: Source, data_root: str | Path) -> dict:
         _write_atomic(marker, json.dumps(record, indent=2) + "\n")
     tqdm.write(f"{source.name}: done ({marker})")
     return record
+
+
+def source_folder(name: str, data_root: str | Path, config: str | Path = "config/sources.yaml") -> Path:
+    """The folder of a downloaded source: for a base model, the directory to give `from_pretrained`.
+
+    Only a finished download counts (its marker exists; a folder without one may hold half a shard). This
+    reads no network, so a training job on a compute node can call it; the download itself runs where the
+    network is (`cumo download`, the workflow's download rule).
+    """
+    source = _declared(name, load_sources(config))
+    data_root = Path(data_root)
+    marker = marker_path(source, data_root)
+    if not marker.is_file():
+        raise FileNotFoundError(
+            f"source {name!r} is not downloaded: {marker} does not exist. Run `cumo download {name} "
+            f"--data-root {data_root}` first, on a machine with network (the login node, not a compute node)."
+        )
+    return data_root / source.folder
 
 
 def download(
