@@ -164,11 +164,11 @@ def evaluate(args) -> None:
 
 def judge_server(args) -> None:
     """Serve the tiny preset's rule judge (MM-Vet, LLaVA-Bench, MathVista prompts; not GPT) as an
-    OpenAI-compatible /v1/chat/completions on HOST:PORT until interrupted."""
+    OpenAI-compatible /v1/chat/completions on 127.0.0.1:PORT until interrupted."""
     from cumo.eval import rule_judge
     from cumo.eval.judge_server import JudgeServer
 
-    server = JudgeServer(rule_judge.reply, host=args.host, port=args.port)
+    server = JudgeServer(rule_judge.reply, port=args.port)
     print(
         f"{rule_judge.MODEL} at {server.base_url} (e.g. --judge-model {rule_judge.MODEL} --judge-base-url "
         f"{server.base_url}; any OPENAI_API_KEY)",
@@ -325,7 +325,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = add("judge-server", judge_server)
-    sub.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     sub.add_argument("--port", type=int, default=0, help="port (default 0: any free one, printed)")
 
     sub = add("upcycle", upcycle)
