@@ -22,6 +22,7 @@ import yaml
 from cumo.cli import build_parser
 from cumo.eval.benchmarks import NAMES
 from cumo.model.presets import PRESETS
+from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -152,6 +153,7 @@ def test_paper_targets_one_metrics_per_model_and_benchmark():
     sources = load("config/sources.yaml")
     wanted = [name for mixture in config["mixtures"].values() for name in mixture["sources"]]
     wanted += [f"eval_{bench}" for bench in NAMES]
+    wanted += ["clip_vit_large_patch14_336", "mistral_7b_instruct_v0_2", "mixtral_8x7b_instruct_v0_1"]
     assert {job["wildcards"]["source"] for job in jobs if job["rule"] == "download"} == source_closure(
         wanted, sources
     )
@@ -276,6 +278,28 @@ def test_training_commands_follow_the_config():
         "--checkpoints checkpoints/paper/cumo-mixtral-8x7b/sft --previous results/paper/models/cumo-mixtral-8x7b/pft"
         in text
     )
+
+
+@pytest.mark.parametrize("model", ["cumo-mistral-7b", "cumo-mixtral-8x7b"])
+def test_paper_pretrain_starts_from_downloaded_base_models(model):
+    """The training job reads CLIP and the LLM from the data tree, where the download rule (on the submitting
+    host) put the Hub repos that cumo/train/stages.py names; pft and sft start from the stage before."""
+    result = snakemake(
+        "--dry-run", "--forceall", "--printshellcmds", *PAPER, f"results/paper/models/{model}/pft"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    sources = load("config/sources.yaml")
+    (pretrain,) = re.findall(r"Shell command: cumo launch .* --stage pretrain .*", result.stdout)
+    (pft,) = re.findall(r"Shell command: cumo launch .* --stage pft .*", result.stdout)
+    parts = dict(re.findall(r"--(clip|llm) data/(\S+)", pretrain))
+    assert set(parts) == {"clip", "llm"} and "--clip" not in pft and "--llm" not in pft
+    repos = {}
+    for part, folder in parts.items():
+        (name,) = [name for name, source in sources.items() if source["folder"] == folder]
+        (repo,) = sources[name]["hub"]
+        repos[part] = repo["repo"]
+        assert f"data/{folder}/.{name}.done" in result.stdout  # an input: downloaded before the job starts
+    assert repos == {"clip": CLIP_SOURCE, "llm": LLM_SOURCES[model]}
 
 
 def test_a_released_checkpoint_is_converted_and_evaluated(tmp_path):

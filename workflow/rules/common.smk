@@ -118,6 +118,39 @@ def previous_flag(wildcards, input):
     return f"--previous {input.previous}" if input.previous else ""
 
 
+# The base weights a paper preset's pretrain starts from, as sources of config/sources.yaml: the download rule
+# fetches them on the submitting host, so training jobs need no network (cumo/train/stages.py CLIP_SOURCE and
+# LLM_SOURCES name the same Hub repos; tests/test_workflow.py checks that they agree).
+BASE_MODELS = {
+    "cumo-mistral-7b": {
+        "clip": "clip_vit_large_patch14_336",
+        "llm": "mistral_7b_instruct_v0_2",
+    },
+    "cumo-mixtral-8x7b": {
+        "clip": "clip_vit_large_patch14_336",
+        "llm": "mixtral_8x7b_instruct_v0_1",
+    },
+}
+
+
+def base_models(wildcards):
+    """{part: source} pretrain of this model starts from; {} for the tiny presets and the later stages."""
+    if wildcards.stage != "pretrain":
+        return {}
+    return BASE_MODELS.get(model_preset(wildcards), {})
+
+
+def base_model_markers(wildcards):
+    return [source_marker(name) for name in base_models(wildcards).values()]
+
+
+def base_model_flags(wildcards):
+    return " ".join(
+        f"--{part} {DATA}/{SOURCES[name]['folder']}"
+        for part, name in base_models(wildcards).items()
+    )
+
+
 def checkpoints_dir(wildcards):
     # Outside the stage's declared output, which Snakemake deletes before the job runs: a resubmitted job
     # resumes from here. Per run, so another run of the same model name never resumes this one's state.

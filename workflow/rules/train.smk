@@ -8,6 +8,7 @@ rule train:
     input:
         data=f"{RUN}/data/{{stage}}.arrow",
         previous=previous_model,
+        base=base_model_markers,
     output:
         directory(f"{RUN}/models/{{model}}/{{stage}}"),
     log:
@@ -29,11 +30,13 @@ rule train:
         data_root=DATA,
         checkpoints=checkpoints_dir,
         previous=previous_flag,
+        base=base_model_flags,
         workers=config["train"]["loader_workers"],
     shell:
         "cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
         " --data {input.data} --data-root {params.data_root} --out {output}"
-        " --checkpoints {params.checkpoints} {params.previous} --workers {params.workers} > {log} 2>&1"
+        " --checkpoints {params.checkpoints} {params.previous} {params.base} --workers {params.workers}"
+        " > {log} 2>&1"
 
 
 rule convert_released:
