@@ -17,10 +17,10 @@ read. It never guesses a score. Words are compared after SQuAD v1.1's normalisat
   some elements present scores their share, one decimal, as the prompt's own examples give 0.5 for one of two.
   A prediction that hedges ("red or blue") is credited where GPT-4 might not be: the world never asks for it.
 - LLaVA-Bench: Assistant 1 (the reference) scores 10; Assistant 2 (the model) 1 + 9 x the token F1 (SQuAD's
-  `f1_score`) of its answer against the reference, both without the words the question already says, rounded
-  half up to a whole score. A bare "orange" for "The triangle at the top is orange." is full agreement; a bare "1" for
-  "The number of objects left after removing the red objects is 1." is partial, as a reviewer rating detail
-  would rate it lower than the reference.
+  `f1_score`) of its answer against the reference, both without the words the question already says,
+  rounded half up to a whole score. A bare "orange" for "The triangle at the top is orange." is full
+  agreement; a bare "1" for "The number of objects left after removing the red objects is 1." is partial, as
+  a reviewer rating detail would rate it lower than the reference.
 - MathVista: the query's hint says what to extract. An option: "(B)" in the response, else the choice whose
   text the response names last, else the response if it is one option letter. A number: the last number in
   the response (digits, else a number word up to ten). A list: the last "[...]". Otherwise the response itself,
