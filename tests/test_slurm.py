@@ -5,16 +5,14 @@ new Slurm job with the next attempt's resources when, and only when, retries com
 import json
 import os
 import re
-import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
+from tests.tiny_dag import SMALL_WORLD, snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -55,18 +53,6 @@ def test_sbatch_and_srun(slurm_cluster, tmp_path):  # noqa: F811
     )
     assert slurm_cluster.wait(failing.strip()) == "FAILED"
     assert "ExitCode=3:0" in slurm_cluster.run("scontrol", "show", "job", failing.strip())
-
-
-def snakemake(repository: Path, env: dict, *args: str) -> subprocess.Popen:
-    bin_dir = str(Path(sys.executable).parent)  # the jobs run `cumo` and `python -m snakemake`: this venv's
-    return subprocess.Popen(
-        [f"{bin_dir}/snakemake", *args],
-        cwd=repository,
-        env={**env, "PATH": bin_dir + ":" + env["PATH"]},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def start_flaky(cluster, directory: Path, rule_retries: bool, cli_retries: bool) -> subprocess.Popen:
@@ -147,45 +133,9 @@ def slurm_profile(repository: Path) -> Path:
     return path.parent
 
 
-# The tiny DAG on a smaller world, so that it runs twice (locally and through Slurm) in a few minutes: every
-# rule and benchmark of `make demo`, a sixth of its training steps.
-SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft": 200, "sft": 600}}
-
-
-def tiny_repository(root: Path) -> Path:
-    """A copy of what a run needs (workflow, config, profiles, envs) with the tiny config on SMALL_WORLD."""
-    for folder in ("workflow", "config", "profiles", "envs"):
-        shutil.copytree(REPOSITORY / folder, root / folder)
-    config_path = root / "config" / "tiny.yaml"
-    config_path.write_text(
-        yaml.safe_dump(yaml.safe_load(config_path.read_text()) | {"synthetic": SMALL_WORLD})
-    )
-    return root
-
-
-@pytest.fixture
-def started():
-    """Processes a test starts and waits for; killed if the test fails first."""
-    processes = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
 def running_jobs(cluster, rule: str) -> list[int]:
     lines = cluster.run("squeue", "--noheader", "--states=RUNNING", "--format=%i %k").splitlines()
     return [int(line.split()[0]) for line in lines if f"rule_{rule}" in line]
-
-
-def wait_until(what: str, condition, run: subprocess.Popen, timeout_s: float = 600):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert run.poll() is None, f"snakemake ended before {what}:\n{run.communicate()[0]}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
-        time.sleep(0.2)
-    return value
 
 
 def submissions(log: str, rule: str) -> list[int]:

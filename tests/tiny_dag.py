@@ -1,0 +1,62 @@
+"""The tiny DAG run as a user runs it, for the tests that run the whole workflow (tests/test_slurm.py,
+tests/test_rerun.py): a copy of the repository's workflow on a smaller world, snakemake as a process."""
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+# The tiny DAG on a smaller world, so that it runs twice (locally and through Slurm) in a few minutes: every
+# rule and benchmark of `make demo`, a sixth of its training steps.
+SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft": 200, "sft": 600}}
+
+
+def tiny_repository(root: Path) -> Path:
+    """A copy of what a run needs (workflow, config, profiles, envs) with the tiny config on SMALL_WORLD."""
+    for folder in ("workflow", "config", "profiles", "envs"):
+        shutil.copytree(REPOSITORY / folder, root / folder)
+    config_path = root / "config" / "tiny.yaml"
+    config_path.write_text(
+        yaml.safe_dump(yaml.safe_load(config_path.read_text()) | {"synthetic": SMALL_WORLD})
+    )
+    return root
+
+
+def snakemake(repository: Path, env: dict, *args: str, new_session: bool = False) -> subprocess.Popen:
+    """`snakemake *args` in `repository`, output collected; `new_session`: in a process group of its own."""
+    bin_dir = str(Path(sys.executable).parent)  # the jobs run `cumo` and `python -m snakemake`: this venv's
+    return subprocess.Popen(
+        [f"{bin_dir}/snakemake", *args],
+        cwd=repository,
+        env={**env, "PATH": bin_dir + ":" + env["PATH"]},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
+@pytest.fixture
+def started():
+    """Processes a test starts and waits for; killed if the test fails first."""
+    processes = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_until(what: str, condition, run: subprocess.Popen, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert run.poll() is None, f"snakemake ended before {what}:\n{run.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(0.2)
+    return value
