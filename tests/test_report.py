@@ -25,7 +25,9 @@ TITLES = [
 ]  # fmt: skip
 
 
-def write_metrics(eval_dir, model, benchmark, value, split="val", metric="accuracy", judge=None):
+def write_metrics(
+    eval_dir, model, benchmark, value, split="val", metric="accuracy", judge=None, weights=None, blank=False
+):
     path = eval_dir / model / benchmark / "metrics.json"
     path.parent.mkdir(parents=True)
     record = {
@@ -37,7 +39,8 @@ def write_metrics(eval_dir, model, benchmark, value, split="val", metric="accura
         "n": 40,
         "prompt_variant": "default",
         "judge": None if judge is None else {"model": judge, "runs": 1, "usage": {}},
-        "model": {"path": f"models/{model}", "digest": "0" * 64},
+        "model": {"path": f"models/{weights or model}", "digest": (weights or model).ljust(64, "0")},
+        "config": {"blank_images": blank},
         "git_commit": "abc",
     }
     path.write_text(json.dumps(record))
@@ -94,6 +97,22 @@ def test_a_judge_other_than_the_papers_is_noted(eval_dir):
     # MathVista's gpt-3.5-turbo is the paper's own extraction judge: no note.
     assert judged == [
         "MM-Vet: judged by cumo-rules (tiny), not the paper's gpt-4-0613; not comparable with the paper's number."
+    ]
+
+
+def test_what_the_images_give_is_noted(tmp_path):
+    """A blank-images run is set against the run of the same weights with images, per benchmark both have."""
+    for bench, with_images, blank in (("gqa", 40.0, 25.0), ("pope", 60.5, 40.0), ("mme", 50.0, None)):
+        write_metrics(tmp_path, "tiny", bench, with_images)
+        if blank is not None:
+            write_metrics(tmp_path, "tiny-blank-images", bench, blank, weights="tiny", blank=True)
+    write_metrics(tmp_path, "other", "gqa", 90.0)  # other weights: not the blank run's counterpart
+    table = build_table(
+        tmp_path, load_paper(PAPER), ["tiny", "tiny-blank-images", "other"], ["gqa", "pope", "mme"]
+    )
+    images = [note for note in table.notes if note.startswith("Images:")]
+    assert images == [
+        "Images: tiny minus tiny-blank-images (the same weights, every image blanked): GQA +15.0, POPE +20.5."
     ]
 
 

@@ -6,7 +6,8 @@ paper's come from `config/paper_results.yaml` (Li et al. 2024, arXiv 2405.05949,
 each column's split and metric. A headline of null/NaN is a benchmark scored by its server (VQAv2
 test-dev): the cell says so. A missing file is a missing cell, never a 0; both are counted. A model the paper
 does not report (`tiny`) has a reproduced row only. A column judged by another model than the paper's judge
-(the tiny run's rule judge, `cumo-rules`) says so under the table: that number is not comparable.
+(the tiny run's rule judge, `cumo-rules`) says so under the table: that number is not comparable. A model
+evaluated with blank images next to the same weights with their images gets a note of the differences.
 """
 
 import io
@@ -164,8 +165,32 @@ def build_table(eval_dir: Path, paper: Paper, models: list[str], benchmarks: lis
                 f"{column.title}: judged by {judge} ({', '.join(judged_models)}), not the paper's "
                 f"{get(name).judge_model}; not comparable with the paper's number."
             )
+    notes += _image_notes(found, cells, columns)
     paper_models = {model for model in models if model in paper.reported}
     return Table(columns, cells, paper_models, notes, paper.source)
+
+
+def _image_notes(found: dict[str, list[tuple[str, dict]]], cells: dict, columns: list[Column]) -> list[str]:
+    """What the images give: a model against the same weights (metrics.json's model digest) evaluated with
+    every image blanked (`cumo eval --blank-images`), per benchmark both have. A model that scores the same
+    without its images does not read them (issue 5 asks the tiny model for 15 points on GQA and POPE)."""
+    pairs = {}  # (model with images, model with blank images) -> [(column, difference)]
+    for column in columns:
+        runs = found.get(column.name, [])
+        for blank, blank_data in runs:
+            if not blank_data.get("config", {}).get("blank_images"):
+                continue
+            for model, data in runs:
+                same = data.get("model", {}).get("digest") == blank_data.get("model", {}).get("digest")
+                if same and not data.get("config", {}).get("blank_images"):
+                    with_images, without = cells[model][column.name], cells[blank][column.name]
+                    if with_images.reproduced is not None and without.reproduced is not None:
+                        difference = with_images.reproduced - without.reproduced
+                        pairs.setdefault((model, blank), []).append(f"{column.title} {difference:+.1f}")
+    return [
+        f"Images: {model} minus {blank} (the same weights, every image blanked): {', '.join(differences)}."
+        for (model, blank), differences in pairs.items()
+    ]
 
 
 def _column_from_results(name: str, found: list[tuple[str, dict]]) -> Column:
