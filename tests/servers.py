@@ -17,32 +17,22 @@ import hashlib
 import json
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
 import pytest
 
+from cumo.eval.judge_server import LoopbackServer
 
-class _Server:
-    """Start `handler` on 127.0.0.1:<ephemeral> in a thread; `url` is its address while in `with`."""
+
+class _Server(LoopbackServer):
+    """Start `handler` on 127.0.0.1:<ephemeral> in a thread; `url` is its address while in `with`; every
+    request is recorded as (method, path, headers)."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        super().__init__(handler)
         self.requests: list[tuple[str, str, dict]] = []
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
-        self.url = f"http://127.0.0.1:{self._httpd.server_port}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join()
 
     def requested(self, method: str, path: str) -> list[dict]:
         """Headers of every request with this method and (unquoted) path."""

@@ -54,23 +54,16 @@ def error(status: int, message: str, kind: str) -> tuple[int, dict]:
     return status, {"error": {"message": message, "type": kind}}
 
 
-class JudgeServer:
-    """`reply(messages) -> str` answers each chat completion; `with JudgeServer(reply) as server:` serves it
-    at `server.base_url` (a thread) until the block ends."""
+class LoopbackServer:
+    """A `handler` class served on `host:port` (default 127.0.0.1, an ephemeral port) in a daemon thread while
+    in `with` (or in this thread by `serve_forever`); handlers reach this object as `self.server.owner`. The
+    tests' file and Hub servers are ones too (tests/servers.py)."""
 
-    def __init__(self, reply: Callable[[list[dict]], str], host: str = "127.0.0.1", port: int = 0):
-        self.reply = reply
-        self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        self._lock = threading.Lock()  # the server answers requests in parallel threads
-        self._httpd = ThreadingHTTPServer((host, port), _ChatHandler)
+    def __init__(self, handler: type[BaseHTTPRequestHandler], host: str = "127.0.0.1", port: int = 0):
+        self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
         self.url = f"http://{host}:{self._httpd.server_port}"
-
-    @property
-    def base_url(self) -> str:
-        """What the openai client (and `--judge-base-url`) takes: the URL up to /v1."""
-        return self.url + "/v1"
 
     def __enter__(self):
         self._thread.start()
@@ -87,6 +80,22 @@ class JudgeServer:
             self._httpd.serve_forever()
         finally:
             self._httpd.server_close()
+
+
+class JudgeServer(LoopbackServer):
+    """`reply(messages) -> str` answers each chat completion; `with JudgeServer(reply) as server:` serves it
+    at `server.base_url` (a thread) until the block ends."""
+
+    def __init__(self, reply: Callable[[list[dict]], str], host: str = "127.0.0.1", port: int = 0):
+        super().__init__(_ChatHandler, host, port)
+        self.reply = reply
+        self.counts = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._lock = threading.Lock()  # the server answers requests in parallel threads
+
+    @property
+    def base_url(self) -> str:
+        """What the openai client (and `--judge-base-url`) takes: the URL up to /v1."""
+        return self.url + "/v1"
 
     def respond(self, path: str, headers: dict, raw: bytes) -> tuple[int, dict]:
         """(HTTP status, JSON body) for one request; `headers` are for subclasses that look at them."""
