@@ -146,7 +146,8 @@ def submissions(log: str, rule: str) -> list[int]:
 
 @pytest.mark.slow
 def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_cluster, tmp_path, started):  # noqa: F811
-    """The whole tiny DAG through profiles/slurm, next to a clean local run of the same config (issue 6).
+    """The whole tiny DAG through profiles/slurm, next to a clean local run of the same config (issue 6), whose
+    `snakemake --report` holds the table and the plots with their captions.
 
     Two failures on the way: the pretrain job gets SIGTERM mid-stage (as Slurm sends it before a time limit,
     --signal=TERM@300), saves and exits; an evaluation job is killed outright as it starts (a lost node).
@@ -219,3 +220,16 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     again = snakemake(cluster, slurm_cluster.env, "--profile", str(profile), "--dry-run")
     again_log, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "Nothing to be done" in again_log, again_log
+
+    # The HTML report of the finished run: the table and every plot, each with its caption.
+    report = snakemake(local, dict(os.environ), "--profile", "profiles/local", "--report", "report.html")
+    report_log, _ = report.communicate(timeout=120)
+    assert report.returncode == 0, report_log
+    html = (local / "report.html").read_text()
+    for name in ("main.csv", "benchmarks.png", "loss_tiny.png", "aux_tiny.png", "expert_load_tiny.png"):
+        assert name in html, name
+    for caption in ("tables", "benchmarks", "loss", "aux", "expert_load"):
+        first_words = " ".join(
+            (REPOSITORY / "workflow" / "report" / f"{caption}.rst").read_text().split()[:6]
+        )
+        assert first_words in " ".join(html.split()), caption
