@@ -87,21 +87,26 @@ def mixture(args) -> None:
 
 def train(args) -> None:
     """Train one stage (pretrain, pft, sft) in this process; run it under `cumo launch` (or torchrun, srun)."""
+    from cumo.train.trainer import exit_rank
     from cumo.train.trainer import train as train_stage
 
-    train_stage(
-        args.stage,
-        args.preset,
-        args.data,
-        args.out,
-        args.checkpoints,
-        data_root=args.data_root,
-        previous_output_dir=args.previous,
-        save_every=args.save_every,
-        keep=args.keep,
-        num_workers=args.workers,
-        sources={part: str(path) for part, path in (("clip", args.clip), ("llm", args.llm)) if path},
-    )
+    try:
+        train_stage(
+            args.stage,
+            args.preset,
+            args.data,
+            args.out,
+            args.checkpoints,
+            data_root=args.data_root,
+            previous_output_dir=args.previous,
+            save_every=args.save_every,
+            keep=args.keep,
+            num_workers=args.workers,
+            sources={part: str(path) for part, path in (("clip", args.clip), ("llm", args.llm)) if path},
+        )
+    except SystemExit as stop:  # a preemption, saved: checkpoint.EXIT_PREEMPTED
+        exit_rank(stop.code if isinstance(stop.code, int) else 1)
+    exit_rank(0)
 
 
 def launch(args) -> None:

@@ -67,6 +67,7 @@ def main() -> None:
     if "preempt_at_step" in kwargs:
         preempt_at(kwargs.pop("preempt_at_step"))
     trainer.train(**kwargs)
+    trainer.exit_rank(0)  # as `cumo train` ends
 
 
 if __name__ == "__main__":
