@@ -1,16 +1,22 @@
 """After Snakemake itself died (issue 6): the same command again continues where it stopped. What was
 finished is not made again, and the training stage it interrupted resumes from the checkpoint it saved."""
 
-import json
 import os
 import re
 import signal
 
 import pytest
 
-from tests.tiny_dag import snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
+from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
+    PRETRAIN,
+    resumed_pretrain,
+    snakemake,
+    started,
+    tiny_repository,
+    wait_for_pretrain_steps,
+)
 
-TARGET = "results/tiny/models/tiny/pretrain"
+TARGET = PRETRAIN
 
 
 @pytest.mark.slow
@@ -21,12 +27,7 @@ def test_the_same_command_after_snakemake_was_killed_continues_where_it_stopped(
     command = ("--profile", "profiles/local", TARGET)
     run = snakemake(repository, dict(os.environ), *command, new_session=True)
     started.append(run)
-    steps_log = repository / "checkpoints" / "tiny" / "tiny" / "pretrain" / "metrics.jsonl"
-    wait_until(
-        "10 pretrain steps",
-        lambda: steps_log.is_file() and len(steps_log.read_text().splitlines()) >= 10,
-        run,
-    )
+    wait_for_pretrain_steps(repository, run)
     os.killpg(run.pid, signal.SIGTERM)
     log, _ = run.communicate(timeout=300)
     assert run.returncode != 0 and not (repository / TARGET).exists(), log
@@ -44,8 +45,4 @@ def test_the_same_command_after_snakemake_was_killed_continues_where_it_stopped(
     again_log, _ = again.communicate(timeout=600)
     assert again.returncode == 0, again_log
     assert {path: path.stat().st_mtime_ns for path in finished} == finished
-    total = json.loads((repository / TARGET / "finished.json").read_text())["steps"]
-    saved = sorted(int(path.name.split("-")[1]) for path in steps_log.parent.glob("checkpoint-*"))
-    assert len(saved) == 2 and 10 <= saved[0] < saved[1] == total, saved  # the SIGTERM save, then the end
-    steps = [json.loads(line)["step"] for line in steps_log.read_text().splitlines()]
-    assert steps == list(range(1, total + 1))  # resumed at the saved step: each step logged once
+    resumed_pretrain(repository)

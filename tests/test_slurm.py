@@ -12,7 +12,15 @@ import pytest
 import yaml
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
-from tests.tiny_dag import SMALL_WORLD, snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
+from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
+    SMALL_WORLD,
+    resumed_pretrain,
+    snakemake,
+    started,
+    tiny_repository,
+    wait_for_pretrain_steps,
+    wait_until,
+)
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -162,12 +170,7 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     run = snakemake(cluster, slurm_cluster.env, "--profile", str(profile))
     started.append(run)
 
-    steps_log = cluster / "checkpoints" / "tiny" / "tiny" / "pretrain" / "metrics.jsonl"
-    wait_until(
-        "10 pretrain steps",
-        lambda: steps_log.is_file() and len(steps_log.read_text().splitlines()) >= 10,
-        run,
-    )
+    wait_for_pretrain_steps(cluster, run)
     (pretrain,) = running_jobs(slurm_cluster, "train")
     slurm_cluster.run(
         "scancel", "--signal=TERM", str(pretrain)
@@ -189,14 +192,10 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     evaluated = [path for path in (cluster / "results" / "tiny" / "eval").glob("*/*/metrics.json")]
     assert len(eval_jobs) == len(evaluated) + 1, log  # every evaluation once, the killed one twice
 
-    total = json.loads((cluster / "results/tiny/models/tiny/pretrain/finished.json").read_text())["steps"]
-    saved = sorted(int(path.name.split("-")[1]) for path in steps_log.parent.glob("checkpoint-*"))
-    assert len(saved) == 2 and 10 <= saved[0] < saved[1] == total, saved  # the SIGTERM save, then the end
+    saved, total = resumed_pretrain(cluster)
     # The second job's progress bar starts at the saved step (tqdm initial=step), not at 0.
     train_log = (cluster / "results" / "tiny" / "logs" / "train" / "tiny" / "pretrain.log").read_text()
-    assert re.search(rf"pretrain:\s+\d+%\|[^|]*\|\s*(\d+)/{total}", train_log).group(1) == str(saved[0])
-    steps = [json.loads(line)["step"] for line in steps_log.read_text().splitlines()]
-    assert steps == list(range(1, total + 1))  # each step logged once
+    assert re.search(rf"pretrain:\s+\d+%\|[^|]*\|\s*(\d+)/{total}", train_log).group(1) == str(saved)
 
     local_log, _ = local_run.communicate(timeout=1200)
     assert local_run.returncode == 0, local_log

@@ -1,6 +1,7 @@
 """The tiny DAG run as a user runs it, for the tests that run the whole workflow (tests/test_slurm.py,
 tests/test_rerun.py): a copy of the repository's workflow on a smaller world, snakemake as a process."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,29 @@ def wait_until(what: str, condition, run: subprocess.Popen, timeout_s: float = 6
         assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
         time.sleep(0.2)
     return value
+
+
+PRETRAIN = "results/tiny/models/tiny/pretrain"
+STEPS_LOG = "checkpoints/tiny/tiny/pretrain/metrics.jsonl"  # the running stage's log, one line per step
+STOP_AT = 10  # steps pretrain has logged when the tests interrupt it
+
+
+def wait_for_pretrain_steps(repository: Path, run: subprocess.Popen) -> None:
+    log = repository / STEPS_LOG
+    wait_until(
+        f"{STOP_AT} pretrain steps",
+        lambda: log.is_file() and len(log.read_text().splitlines()) >= STOP_AT,
+        run,
+    )
+
+
+def resumed_pretrain(repository: Path) -> tuple[int, int]:
+    """(step saved when interrupted, total steps) of a finished pretrain that was interrupted once: two
+    checkpoints (the interruption's save, then the end) and every step logged exactly once."""
+    log = repository / STEPS_LOG
+    total = json.loads((repository / PRETRAIN / "finished.json").read_text())["steps"]
+    saved = sorted(int(path.name.split("-")[1]) for path in log.parent.glob("checkpoint-*"))
+    assert len(saved) == 2 and STOP_AT <= saved[0] < saved[1] == total, saved
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, total + 1))  # resumed at the saved step, not at 0
+    return saved[0], total
