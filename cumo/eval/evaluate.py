@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from cumo.eval.benchmark import Benchmark
+from cumo.eval.benchmark import Benchmark, question_key
 from cumo.eval.benchmarks import NAMES, get
 from cumo.eval.generate import generate_shard, load_model, merge, shard_questions
 from cumo.provenance import git_commit, package_versions, sha256_tree
@@ -190,7 +190,7 @@ def _evaluate(config: EvalConfig, out: Path, stack: contextlib.ExitStack) -> dic
     benchmark = config.resolved()
     folder = folder_of(benchmark, config.data_root)
     questions = benchmark.questions(folder)
-    keys = [json.dumps(q.question_id) for q in questions]
+    keys = [question_key(q.question_id) for q in questions]
     if len(set(keys)) != len(keys):
         raise ValueError(f"{benchmark.name}: question ids repeat in {folder}; each question needs its own id")
     judge = _judge(config, benchmark, out, stack) if benchmark.judged else None
