@@ -8,20 +8,20 @@ if weights, optimizer, LR schedule, data position and every rank's RNG come back
 Failures are injected on one rank: `--crash-after STEP` (os._exit, as a kill) and `--sigterm-at STEP`
 (a real SIGTERM to itself in the middle of the step). At the end rank 0 writes `--result`: the full
 weights, the mean loss and learning rate of every step, from client_state (so including steps trained
-before a resume), and the step it resumed from.
+before a resume), and the step it resumed from. Ranks end as `cumo train`'s do (`trainer.exit_rank`).
 """
 
 import argparse
 import os
 import random
 import signal
-import sys
 
 import deepspeed
 import numpy as np
 import torch
 
 from cumo.train.checkpoint import EXIT_PREEMPTED, Preemption, load, save
+from cumo.train.trainer import exit_rank
 
 FAILING_RANK = 1
 
@@ -39,7 +39,8 @@ def parse_args():
     return parser.parse_args()
 
 
-def main():
+def main() -> int:
+    """Train, and return the rank's exit code."""
     args = parse_args()
     preemption = Preemption()
     deepspeed.init_distributed(dist_backend="gloo")
@@ -100,7 +101,7 @@ def main():
             state = {"data_order": data_order.get_state(), "losses": losses, "lrs": lrs}
             save(engine, args.checkpoints, step, state, keep=args.keep)
         if preempted:
-            sys.exit(EXIT_PREEMPTED)
+            return EXIT_PREEMPTED
 
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), enabled=args.zero == 3):
         weights = {name: value.detach().clone() for name, value in engine.module.named_parameters()}
@@ -108,7 +109,10 @@ def main():
         torch.save(
             {"weights": weights, "losses": losses, "lrs": lrs, "resumed_from": resumed_from}, args.result
         )
+    torch.distributed.barrier()  # rank 0's result is written before any rank ends
+    torch.distributed.destroy_process_group()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    exit_rank(main())
