@@ -141,6 +141,7 @@ import json, sys
 import deepspeed, torch
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import fill_deepspeed_config
+from cumo.train.trainer import exit_rank
 
 deepspeed.init_distributed(dist_backend="gloo")
 for path in sys.argv[1:]:
@@ -155,6 +156,7 @@ for path in sys.argv[1:]:
         engine.backward(engine(torch.randn(2, 8)).pow(2).mean())
         engine.step()
     print(json.dumps({"config": path, "steps": engine.global_steps, "zero": engine.zero_optimization_stage()}))
+exit_rank(0)  # as `cumo train` ends: gloo's threads must not be torn down in interpreter finalization
 """
 
 
