@@ -328,7 +328,8 @@ QUESTION_KINDS = (ask_color, ask_shape, ask_position, ask_count, ask_word, ask_e
 EXISTENCE_DRAWS = 5
 SFT_KINDS = QUESTION_KINDS + (ask_exists,) * (EXISTENCE_DRAWS - 1)
 # Up to 10 questions about one image in one conversation, as LLaVA-1.5 merges an image's VQA questions into one.
-# Turns are cheap here (a step's cost is mostly DeepSpeed's, not tokens): 3 turns took 116 s of sft, 10 took 120.
+# Turns are cheap here (a step's cost is mostly DeepSpeed's, not tokens): one sft epoch on ZeRO-3 took 116 s
+# with up to 3 turns, 120 s with up to 10.
 MAX_TURNS = len(SFT_KINDS)
 CHOICE_LETTERS = "ABCD"
 
