@@ -76,5 +76,18 @@ def test_activated_parameters_count_k_of_e_experts():
 
 def test_bench_generate_checks_batched_answers_equal_batch_one():
     figures = bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4)
-    assert figures["identical_answers"] and figures["questions"] == 6
+    assert figures["identical_answers"] == {"1": 1.0, "3": 1.0} and figures["questions"] == 6
     assert set(figures["samples_per_s"]) == {"1", "3"} and figures["speedup"] > 0
+
+
+def test_bench_generate_fails_in_float32_and_reports_the_share_in_bfloat16_when_batches_disagree(monkeypatch):
+    import cumo.eval.generate
+
+    # Answers that depend on the batch size, as a padded bf16 batch's rounding can make them.
+    monkeypatch.setattr(
+        cumo.eval.generate, "answer_batch", lambda model, processor, batch, n: [str(len(batch))] * len(batch)
+    )
+    with pytest.raises(ValueError, match=r"batch size\(s\) \[3\] differ from batch size 1"):
+        bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4)
+    figures = bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4, dtype="bfloat16")
+    assert figures["identical_answers"] == {"1": 1.0, "3": 0.0} and figures["dtype"] == "bfloat16"

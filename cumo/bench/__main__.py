@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--questions", type=int, default=48, help="GQA questions of the shapes world")
     sub.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="first is the baseline")
     sub.add_argument("--repeats", type=int, default=1, help="timed repeats (median)")
+    sub.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    sub.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     return parser
 
 
