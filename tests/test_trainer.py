@@ -147,9 +147,10 @@ def test_the_tiny_preset_learns_in_every_stage_on_two_ranks(three_stages, stage)
 
     metadata = json.loads((output / FINISHED).read_text())
     assert metadata["world_size"] == 2
-    assert metadata["deepspeed_config"]["zero_optimization"]["stage"] == {"zero2": 2, "zero3": 3}[
-        TINY_RECIPE[stage].zero
-    ]
+    assert (
+        metadata["deepspeed_config"]["zero_optimization"]["stage"]
+        == {"zero2": 2, "zero3": 3}[TINY_RECIPE[stage].zero]
+    )
     record = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
     if stage == "sft":  # the MoE stage logs its aux losses and the load of every expert of every layer
         assert {
