@@ -26,7 +26,16 @@ TITLES = [
 
 
 def write_metrics(
-    eval_dir, model, benchmark, value, split="val", metric="accuracy", judge=None, weights=None, blank=False
+    eval_dir,
+    model,
+    benchmark,
+    value,
+    split="val",
+    metric="accuracy",
+    judge=None,
+    weights=None,
+    blank=False,
+    n=40,
 ):
     path = eval_dir / model / benchmark / "metrics.json"
     path.parent.mkdir(parents=True)
@@ -36,7 +45,7 @@ def write_metrics(
         "split": split,
         "headline": {"metric": metric, "value": value},
         "metrics": {},
-        "n": 40,
+        "n": n,
         "prompt_variant": "default",
         "judge": None if judge is None else {"model": judge, "runs": 1, "usage": {}},
         "model": {"path": f"models/{weights or model}", "digest": (weights or model).ljust(64, "0")},
@@ -102,17 +111,22 @@ def test_a_judge_other_than_the_papers_is_noted(eval_dir):
 
 def test_what_the_images_give_is_noted(tmp_path):
     """A blank-images run is set against the run of the same weights with images, per benchmark both have."""
-    for bench, with_images, blank in (("gqa", 40.0, 25.0), ("pope", 60.5, 40.0), ("mme", 50.0, None)):
-        write_metrics(tmp_path, "tiny", bench, with_images)
+    for bench, with_images, blank, n in (
+        ("gqa", 40.0, 25.0, 40),
+        ("pope", 60.5, 40.0, 126),
+        ("mme", 50.0, None, 40),
+    ):
+        write_metrics(tmp_path, "tiny", bench, with_images, n=n)
         if blank is not None:
-            write_metrics(tmp_path, "tiny-blank-images", bench, blank, weights="tiny", blank=True)
+            write_metrics(tmp_path, "tiny-blank-images", bench, blank, weights="tiny", blank=True, n=n)
     write_metrics(tmp_path, "other", "gqa", 90.0)  # other weights: not the blank run's counterpart
     table = build_table(
         tmp_path, load_paper(PAPER), ["tiny", "tiny-blank-images", "other"], ["gqa", "pope", "mme"]
     )
     images = [note for note in table.notes if note.startswith("Images:")]
     assert images == [
-        "Images: tiny minus tiny-blank-images (the same weights, every image blanked): GQA +15.0, POPE +20.5."
+        "Images: tiny minus tiny-blank-images (the same weights, every image blanked): "
+        "GQA +15.0 (40 questions), POPE +20.5 (126 questions)."
     ]
 
 

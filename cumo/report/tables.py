@@ -172,7 +172,8 @@ def build_table(eval_dir: Path, paper: Paper, models: list[str], benchmarks: lis
 
 def _image_notes(found: dict[str, list[tuple[str, dict]]], cells: dict, columns: list[Column]) -> list[str]:
     """What the images give: a model against the same weights (metrics.json's model digest) evaluated with
-    every image blanked (`cumo eval --blank-images`), per benchmark both have. A model that scores the same
+    every image blanked (`cumo eval --blank-images`), per benchmark both have, with the number of questions
+    behind it: on a few dozen a difference moves by several points between runs. A model that scores the same
     without its images does not read them (issue 5 asks the tiny model for 15 points on GQA and POPE)."""
     pairs = {}  # (model with images, model with blank images) -> [(column, difference)]
     for column in columns:
@@ -186,7 +187,9 @@ def _image_notes(found: dict[str, list[tuple[str, dict]]], cells: dict, columns:
                     with_images, without = cells[model][column.name], cells[blank][column.name]
                     if with_images.reproduced is not None and without.reproduced is not None:
                         difference = with_images.reproduced - without.reproduced
-                        pairs.setdefault((model, blank), []).append(f"{column.title} {difference:+.1f}")
+                        pairs.setdefault((model, blank), []).append(
+                            f"{column.title} {difference:+.1f} ({data.get('n', '?')} questions)"
+                        )
     return [
         f"Images: {model} minus {blank} (the same weights, every image blanked): {', '.join(differences)}."
         for (model, blank), differences in pairs.items()
