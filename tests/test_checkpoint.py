@@ -6,6 +6,7 @@ an interrupted-and-resumed run with an uninterrupted one, bit for bit.
 """
 
 import json
+import logging
 import os
 import random
 import re
@@ -100,6 +101,28 @@ def test_a_checkpoint_of_another_world_size_is_refused_with_the_fix(tmp_path):
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "world_size": 8}))
     with pytest.raises(ValueError, match="saved by 8 ranks and this run has 1.*Resume with 8 ranks"):
         load(FakeEngine(), tmp_path)
+
+
+RUN = {"stage": {"epochs": 3, "trainable": ("connector",)}, "mixture_sha256": "a" * 64}
+
+
+def test_a_checkpoint_of_another_run_is_refused_naming_what_changed(tmp_path):
+    save(FakeEngine(), tmp_path, 5, {}, keep=1, run=RUN)
+    assert load(FakeEngine(), tmp_path, RUN)["step"] == 5  # tuples come back as lists: still the same run
+    changed = {"stage": {"epochs": 4, "trainable": ("connector",)}, "mixture_sha256": "b" * 64}
+    with pytest.raises(ValueError) as refused:
+        load(FakeEngine(), tmp_path, changed)
+    message = str(refused.value)
+    assert f"{tmp_path / 'checkpoint-5'} was saved by another run" in message
+    assert "mixture_sha256: saved 'aaaa" in message and "stage.epochs: saved 3, now 4" in message
+    assert "trainable" not in message and f"Delete {tmp_path} to train this run from the start" in message
+
+
+def test_a_checkpoint_that_does_not_say_its_run_is_resumed_with_a_warning(tmp_path, caplog):
+    save(FakeEngine(), tmp_path, 2, {}, keep=1)  # as cumo saved before checkpoints named their run
+    with caplog.at_level(logging.WARNING):
+        assert load(FakeEngine(), tmp_path, RUN)["step"] == 2
+    assert "does not say which run saved it" in caplog.text
 
 
 def test_half_written_checkpoints_are_reported_and_the_previous_one_is_used(tmp_path, caplog):

@@ -101,6 +101,15 @@ def test_one_rank_preempted_and_resumed_trains_as_an_uninterrupted_run(world, tm
     stopped = launch(1, **cut, preempt_at_step=13)
     assert stopped.returncode == EXIT_PREEMPTED, stopped.stderr[-3000:]
     assert not (Path(cut["output_dir"]) / FINISHED).exists()
+    # The same checkpoints under a changed recipe are refused (they would finish the old run), and kept.
+    epochs = TINY_RECIPE["pretrain"].epochs
+    changed = dataclasses.replace(TINY_RECIPE["pretrain"], epochs=epochs + 1)
+    refused = launch(1, **cut | {"stage": dataclasses.asdict(changed)})
+    assert refused.returncode != 0
+    assert f"checkpoint-13 was saved by another run (stage.epochs: saved {epochs}, now {epochs + 1})" in (
+        refused.stderr
+    )
+    assert f"Delete {cut['checkpoint_dir']} to train this run from the start" in refused.stderr
     succeeded(launch(1, **cut))
 
     expected, resumed = Path(whole["output_dir"]), Path(cut["output_dir"])

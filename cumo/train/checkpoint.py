@@ -8,7 +8,8 @@ outputs (Snakemake deletes those before a job runs). One checkpoint holds
 - `rng-rank<r>.pt`, every rank's Python, NumPy and torch (CPU, CUDA) generator states, so dropout and
   sampling after a resume draw what they would have drawn without the interruption;
 - `complete.json`, the completion marker, written by rank 0 last, after every rank has written its files,
-  with the size of every file. A directory without it (a kill during the save) or whose files do not have
+  with the size of every file and the identity of the run (`run`: the recipe, the data, the stage it
+  started from), so a changed run never resumes from another's state. A directory without it (a kill during the save) or whose files do not have
   the recorded sizes (a copy cut short, a crash that lost unflushed data) is *half-written*: ignored,
   reported, and overwritten when training reaches its step again.
 
@@ -251,8 +252,13 @@ def _file_sizes(path: Path) -> dict[str, int]:
     }
 
 
-def save(engine, checkpoint_dir: Path, step: int, client_state: dict, keep: int) -> Path:
+def save(
+    engine, checkpoint_dir: Path, step: int, client_state: dict, keep: int, run: dict | None = None
+) -> Path:
     """Collective: write `checkpoint_dir/checkpoint-<step>`, mark it complete, keep the newest `keep`.
+
+    `run`: what makes the training run what it is (JSON; the same on every rank), kept in the marker for
+    `load` to compare.
 
     `client_state` must be the same on every rank: under ZeRO-1/2 DeepSpeed stores rank 0's copy only (in
     `mp_rank_00_model_states.pt`) and hands it to every rank on load (ZeRO-3 keeps one per rank,
@@ -294,7 +300,9 @@ def save(engine, checkpoint_dir: Path, step: int, client_state: dict, keep: int)
         for listing in sizes:
             for name, size in listing.items():
                 files[name] = max(size, files.get(name, 0))
-        _write_json_atomically(path / MARKER, {"step": step, "world_size": _world_size(), "files": files})
+        _write_json_atomically(
+            path / MARKER, {"step": step, "world_size": _world_size(), "run": run, "files": files}
+        )
         prune(checkpoint_dir, keep, newest=path)
     # No rank returns before the marker exists: a rank that then exits (preemption) makes torchrun kill
     # the others, which must not happen to rank 0 while it writes the marker.
@@ -321,10 +329,14 @@ def prune(checkpoint_dir: Path, keep: int, newest: Path) -> list[Path]:
     return deleted
 
 
-def load(engine, checkpoint_dir: Path) -> dict | None:
+def load(engine, checkpoint_dir: Path, run: dict | None = None) -> dict | None:
     """Collective: restore the latest complete checkpoint in `checkpoint_dir` (weights, optimizer and LR
     scheduler through `engine.load_checkpoint`, and this rank's RNG states) and return its client_state
     (with `"step"`); None when there is no complete checkpoint (a fresh start).
+
+    A checkpoint saved with another `run` than this one is refused before anything is loaded: resuming it
+    would finish the old run under the new one's name. (A rerun after the recipe or the data changed finds
+    the old run's checkpoint at its last step, and would only export the old weights again.)
 
     Call it right after `deepspeed.initialize`: under ZeRO-3 DeepSpeed loads only into an engine that has
     not been saved from (`engine.load_checkpoint` docstring). DeepSpeed 0.19.8 reads its files with
@@ -334,7 +346,9 @@ def load(engine, checkpoint_dir: Path) -> dict | None:
     path = _rank0_decides(latest_complete(Path(checkpoint_dir)) if _rank() == 0 else None)
     if path is None:
         return None
-    saved_world_size = json.loads((path / MARKER).read_text())["world_size"]
+    marker = json.loads((path / MARKER).read_text())
+    _check_same_run(path, marker.get("run"), run)
+    saved_world_size = marker["world_size"]
     if saved_world_size != _world_size():
         raise ValueError(
             f"{path} was saved by {saved_world_size} ranks and this run has {_world_size()}: DeepSpeed "
@@ -350,6 +364,34 @@ def load(engine, checkpoint_dir: Path) -> dict | None:
     set_rng_state(torch.load(path / f"rng-rank{_rank()}.pt", weights_only=True))
     logger.info(f"resumed from {path} (step {client_state['step']})")
     return client_state
+
+
+def _check_same_run(path: Path, saved: dict | None, run: dict | None) -> None:
+    run = json.loads(json.dumps(run))  # as the marker holds it: tuples as lists
+    if run is None or saved == run:
+        return
+    if saved is None:
+        logger.warning(f"{path} does not say which run saved it (an older cumo): resuming it unchecked")
+        return
+    saved, run = _flat(saved), _flat(run)
+    changed = sorted(key for key in saved.keys() | run.keys() if saved.get(key) != run.get(key))
+    details = "; ".join(f"{key}: saved {saved.get(key)!r}, now {run.get(key)!r}" for key in changed)
+    raise ValueError(
+        f"{path} was saved by another run ({details}), and resuming it would carry that run on under this "
+        f"one's name. Delete {path.parent} to train this run from the start, or put back what changed to "
+        "resume the old one."
+    )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"stage": {"epochs": 3}} -> {"stage.epochs": 3}: a changed recipe names the field that changed."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # --- a finished stage --------------------------------------------------------------------------------

@@ -168,7 +168,10 @@ def train(
         model=model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
 
-    state = checkpoint.load(engine, checkpoint_dir) or {"step": 0, "wall_time_s": 0.0}
+    run = [_run_identity(stage, preset, Path(data), previous_output_dir) if rank == 0 else None]
+    dist.broadcast_object_list(run, src=0)  # hashed once: the paper's sft mixture is 2.7 GB
+    run = run[0]
+    state = checkpoint.load(engine, checkpoint_dir, run) or {"step": 0, "wall_time_s": 0.0}
     step = state["step"]
     metrics = _MetricsLog(checkpoint_dir / METRICS_FILE, engine.module.config, rank, resume_step=step)
     dtype = engine.module.dtype
@@ -179,7 +182,7 @@ def train(
 
     def save() -> None:
         client_state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - run_started}
-        checkpoint.save(engine, checkpoint_dir, step, client_state, keep)
+        checkpoint.save(engine, checkpoint_dir, step, client_state, keep, run)
 
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -233,7 +236,7 @@ def train(
                 "batch": vars(plan),
                 "steps": total_steps,
                 "data": str(data),
-                "mixture_sha256": sha256_file(Path(data)),
+                "mixture_sha256": run["mixture_sha256"],
                 "skipped": skips.to_dict(),
                 "previous_output_dir": str(previous_output_dir) if previous_output_dir else None,
                 "packages": package_versions(),
@@ -248,6 +251,18 @@ def train(
     # Ranks that exit with the group still up may abort each other's gloo/NCCL teardown (seen: SIGABRT).
     dist.destroy_process_group()
     return output_dir
+
+
+def _run_identity(stage: StageConfig, preset: str, data: Path, previous_output_dir) -> dict:
+    """What makes a training run this one, for its checkpoints: the recipe, the data, and the finished
+    stage it starts from (its finished.json, which a retrained stage rewrites)."""
+    previous = Path(previous_output_dir) / checkpoint.FINISHED if previous_output_dir else None
+    return {
+        "stage": stage.to_dict(),
+        "preset": preset,
+        "mixture_sha256": sha256_file(data),
+        "previous_finished_sha256": sha256_file(previous) if previous else None,
+    }
 
 
 def exit_rank(code: int) -> None:
