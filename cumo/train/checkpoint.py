@@ -9,9 +9,10 @@ outputs (Snakemake deletes those before a job runs). One checkpoint holds
   sampling after a resume draw what they would have drawn without the interruption;
 - `complete.json`, the completion marker, written by rank 0 last, after every rank has written its files,
   with the size of every file and the identity of the run (`run`: the recipe, the data, the stage it
-  started from), so a changed run never resumes from another's state. A directory without it (a kill during the save) or whose files do not have
-  the recorded sizes (a copy cut short, a crash that lost unflushed data) is *half-written*: ignored,
-  reported, and overwritten when training reaches its step again.
+  started from), so a changed run never resumes from another's state. A directory without it (a kill
+  during the save) or whose files do not have the recorded sizes (a copy cut short, a crash that lost
+  unflushed data) is *half-written*: ignored, reported, and overwritten when training reaches its step
+  again.
 
 DeepSpeed's own `latest` tag file says which tag was saved last, not whether it was saved completely (it
 is written by rank 0 without waiting for the other ranks' ZeRO files, `engine.py` `save_checkpoint`), so
@@ -66,9 +67,9 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _rank0_decides(value):
-    """Rank 0's `value` on every rank: ranks must agree on which checkpoint they touch, and a shared file
-    system may show nodes different listings for a moment (NFS attribute caching)."""
+def rank0_decides(value):
+    """Rank 0's `value` on every rank: ranks must agree on which checkpoint they touch (a shared file system
+    may show nodes different listings for a moment, NFS attribute caching), and on what is worked out once."""
     if not _distributed():
         return value
     box = [value]
@@ -343,7 +344,7 @@ def load(engine, checkpoint_dir: Path, run: dict | None = None) -> dict | None:
     `torch.load(..., weights_only=False)` itself (`TorchCheckpointEngine.load`), as they hold non-tensor
     objects; the RNG files need no unpickling of arbitrary objects and are read with `weights_only=True`.
     """
-    path = _rank0_decides(latest_complete(Path(checkpoint_dir)) if _rank() == 0 else None)
+    path = rank0_decides(latest_complete(Path(checkpoint_dir)) if _rank() == 0 else None)
     if path is None:
         return None
     marker = json.loads((path / MARKER).read_text())
@@ -367,8 +368,10 @@ def load(engine, checkpoint_dir: Path, run: dict | None = None) -> dict | None:
 
 
 def _check_same_run(path: Path, saved: dict | None, run: dict | None) -> None:
+    if run is None:
+        return
     run = json.loads(json.dumps(run))  # as the marker holds it: tuples as lists
-    if run is None or saved == run:
+    if saved == run:
         return
     if saved is None:
         logger.warning(f"{path} does not say which run saved it (an older cumo): resuming it unchecked")

@@ -168,9 +168,10 @@ def train(
         model=model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
 
-    run = [_run_identity(stage, preset, Path(data), previous_output_dir) if rank == 0 else None]
-    dist.broadcast_object_list(run, src=0)  # hashed once: the paper's sft mixture is 2.7 GB
-    run = run[0]
+    # Hashed on rank 0 alone: the paper's sft mixture is 2.7 GB.
+    run = checkpoint.rank0_decides(
+        _run_identity(stage, preset, Path(data), previous_output_dir) if rank == 0 else None
+    )
     state = checkpoint.load(engine, checkpoint_dir, run) or {"step": 0, "wall_time_s": 0.0}
     step = state["step"]
     metrics = _MetricsLog(checkpoint_dir / METRICS_FILE, engine.module.config, rank, resume_step=step)
