@@ -19,6 +19,18 @@ def existing_directory(path: str) -> Path:
     return Path(path)
 
 
+def byte_size(text: str) -> int:
+    """'5GB' / '500MB' / '1048576' -> bytes (decimal units, as transformers' max_shard_size)."""
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    upper = text.strip().upper()
+    for unit, factor in units.items():
+        if upper.endswith(unit) and upper[: -len(unit)].replace(".", "", 1).isdigit():
+            return int(float(upper[: -len(unit)]) * factor)
+    if upper.isdigit():
+        return int(upper)
+    raise argparse.ArgumentTypeError(f"{text!r} is not a size: give bytes, or a number with KB, MB, GB or TB")
+
+
 def corpus_sizes(text: str) -> dict[str, int]:
     """'pretrain=400,pft=200,sft=600' -> {stage: samples}; every stage once, each at least 1 sample."""
     from cumo.train.stages import STAGES
@@ -87,12 +99,13 @@ def mixture(args) -> None:
 
 def train(args) -> None:
     """Train one stage (pretrain, pft, sft) in this process; run it under `cumo launch` (or torchrun, srun)."""
+    from cumo.train.stages import parse_overrides, stage_config
     from cumo.train.trainer import exit_rank
     from cumo.train.trainer import train as train_stage
 
     try:
         train_stage(
-            args.stage,
+            stage_config(args.stage, args.preset, **parse_overrides(args.set)),
             args.preset,
             args.data,
             args.out,
@@ -102,6 +115,7 @@ def train(args) -> None:
             save_every=args.save_every,
             keep=args.keep,
             num_workers=args.workers,
+            max_shard_bytes=args.max_shard_size,
             sources={part: str(path) for part, path in (("clip", args.clip), ("llm", args.llm)) if path},
         )
     except SystemExit as stop:  # a preemption, saved: checkpoint.EXIT_PREEMPTED
@@ -117,14 +131,14 @@ def launch(args) -> None:
     from cumo.train.batching import plan_batch
     from cumo.train.deepspeed_config import load_deepspeed_config
     from cumo.train.launch import local_command, srun_command
-    from cumo.train.stages import stage_config
+    from cumo.train.stages import parse_overrides, stage_config
     from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     train_args = build_parser().parse_args(command)
     if train_args.step != "train":
         raise ValueError(f"cumo launch runs `cumo train ...`, got `cumo {' '.join(command)}`")
-    stage = stage_config(train_args.stage, train_args.preset)
+    stage = stage_config(train_args.stage, train_args.preset, **parse_overrides(train_args.set))
     world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
     print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
     load_deepspeed_config(DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json")
@@ -150,6 +164,7 @@ def evaluate(args) -> None:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         shards=args.shards,
+        gpus_per_shard=args.gpus_per_shard,
         device=args.device,
         dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
         blank_images=args.blank_images,
@@ -277,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--keep", type=int, default=2, help="complete checkpoints kept")
     sub.add_argument("--workers", type=int, default=4, help="data loader workers per rank")
     sub.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="change a field of the stage's recipe (cumo/train/stages.py StageConfig), e.g. --set "
+        "micro_batch_size=2 --set zero=zero3_offload; repeatable. The plan (`cumo plan`) says what to change",
+    )
+    sub.add_argument(
+        "--max-shard-size",
+        type=byte_size,
+        default="5GB",
+        help="largest safetensors shard of the exported model (transformers' default: 5GB)",
+    )
+    sub.add_argument(
         "--clip",
         type=existing_directory,
         help="pretrain of a paper preset: the CLIP weights' folder (`cumo download clip_vit_large_patch14_336`)"
@@ -311,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=1, help="questions per generate call (paper: 1)")
     sub.add_argument("--shards", type=int, default=1, help="processes (GPUs) that share the questions")
     sub.add_argument("--shard", type=int, help="run only this shard (0-based) of --shards, then stop")
+    sub.add_argument(
+        "--gpus-per-shard",
+        type=int,
+        default=1,
+        help="GPUs each shard's model is placed over (a model too large for one; `cumo plan` says how many)",
+    )
     sub.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     sub.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, fp32 on cpu"

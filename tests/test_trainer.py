@@ -237,10 +237,15 @@ def test_text_only_and_image_batches_run_the_model_parts_in_the_same_order():
     model = make_model("tiny", moe=True).train()
     engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 42, 42)
     order = []
-    for name in ("vision_tower", "mm_projector", "language_model"):
-        getattr(model.model, name).register_forward_pre_hook(
-            lambda module, args, name=name: order.append(name)
-        )
+    parts = {
+        "vision_tower": model.model.vision_tower,
+        "mm_projector": model.model.mm_projector,
+        # Called by CumoModel itself, not by the language model's forward: its own hook.
+        "embed_tokens": model.model.language_model.embed_tokens,
+        "language_model": model.model.language_model,
+    }
+    for name, part in parts.items():
+        part.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
 
     def parts_run(images):
         order.clear()
@@ -251,7 +256,7 @@ def test_text_only_and_image_batches_run_the_model_parts_in_the_same_order():
     assert (
         parts_run((False, False))
         == parts_run((True, False))
-        == ["vision_tower", "mm_projector", "language_model"]
+        == ["vision_tower", "mm_projector", "embed_tokens", "language_model"]
     )
 
 

@@ -49,6 +49,7 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: the benchmark's (its official script's); a cap for quick looks
     batch_size: int = 1  # the paper's scripts answer one question at a time
     shards: int = 1
+    gpus_per_shard: int = 1  # a model too large for one GPU is placed over this many (device cuda)
     device: str = "cpu"
     dtype: str = "float32"
     blank_images: bool = False  # every image replaced by a blank one: how much of the score the images give
@@ -76,6 +77,10 @@ class EvalConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu or cuda, got {self.device!r}")
+        if self.gpus_per_shard < 1 or (self.gpus_per_shard > 1 and self.device != "cuda"):
+            raise ValueError(
+                f"gpus_per_shard={self.gpus_per_shard}: at least 1, and more than 1 only with device cuda"
+            )
         if not (Path(self.model) / "config.json").is_file():
             raise FileNotFoundError(
                 f"{self.model} is not a model directory (no config.json): give the output of a training stage, "
@@ -106,7 +111,9 @@ def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
     questions = shard_questions(
         benchmark.questions(folder_of(benchmark, config.data_root)), shard, config.shards
     )
-    model, processor = load_model(config.model, config.device, DTYPES[config.dtype])
+    model, processor = load_model(
+        config.model, config.device, DTYPES[config.dtype], gpus=config.gpus_per_shard
+    )
     return generate_shard(
         model,
         processor,
@@ -128,10 +135,24 @@ def _shard_command(config: EvalConfig, out: Path, shard: int) -> list[str]:
     command = [sys.executable, "-m", "cumo", "eval", config.benchmark, "--model", config.model]
     command += ["--data-root", config.data_root, "--out", str(out), "--batch-size", str(config.batch_size)]
     command += ["--shards", str(config.shards), "--shard", str(shard), "--device", config.device]
+    command += ["--gpus-per-shard", str(config.gpus_per_shard)]
     command += ["--dtype", config.dtype] + (["--blank-images"] if config.blank_images else [])
     command += ["--split", config.split] if config.split else []
     command += ["--max-new-tokens", str(config.max_new_tokens)] if config.max_new_tokens else []
     return command
+
+
+def shard_gpus(shard: int, per_shard: int, visible: str | None) -> str:
+    """CUDA_VISIBLE_DEVICES of shard `shard`: GPUs shard*per_shard ... of the ones this process sees (Slurm's
+    list in `visible`, which may name GPUs other than 0..n-1; all GPUs when unset)."""
+    gpus = visible.split(",") if visible else [str(i) for i in range((shard + 1) * per_shard)]
+    mine = gpus[shard * per_shard : (shard + 1) * per_shard]
+    if len(mine) < per_shard:
+        raise ValueError(
+            f"shard {shard} needs GPUs {shard * per_shard}..{(shard + 1) * per_shard - 1} of CUDA_VISIBLE_DEVICES="
+            f"{visible}: ask for shards x gpus_per_shard GPUs"
+        )
+    return ",".join(mine)
 
 
 def _run_shards(config: EvalConfig, out: Path) -> None:
@@ -139,7 +160,9 @@ def _run_shards(config: EvalConfig, out: Path) -> None:
     for shard in range(config.shards):
         env = dict(os.environ)
         if config.device == "cuda":
-            env["CUDA_VISIBLE_DEVICES"] = str(shard)
+            env["CUDA_VISIBLE_DEVICES"] = shard_gpus(
+                shard, config.gpus_per_shard, os.environ.get("CUDA_VISIBLE_DEVICES")
+            )
         processes.append(subprocess.Popen(_shard_command(config, out, shard), env=env))
     failed = [shard for shard, process in enumerate(processes) if process.wait() != 0]
     if failed:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cumo.data.conversation import IMAGE_PLACEHOLDER, TEMPLATES, render
 from cumo.eval.benchmark import Question, pair_with_questions, question_key
+from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.processing_cumo import CLIP_MEAN, CumoProcessor
 
@@ -36,9 +37,19 @@ def load_model(
     device: str = "cpu",
     dtype: torch.dtype = torch.float32,
     template: str | None = None,
+    gpus: int = 1,
 ) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
-    """The model and its processor from a model directory (ours, or a released one after `cumo convert`)."""
-    model = CumoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    """The model and its processor from a model directory (ours, or a released one after `cumo convert`).
+
+    `gpus` > 1 (device cuda): the model is placed over the first `gpus` visible GPUs, whole decoder and CLIP
+    layers on each (`device_map`, as CuMo's evaluation loads a model too large for one GPU), for a model that
+    does not fit one (`cumo plan` says how many it needs)."""
+    if gpus > 1:
+        model = CumoForConditionalGeneration.from_pretrained(
+            model_dir, dtype=dtype, device_map=device_map(model_dir, dtype, gpus)
+        ).eval()
+    else:
+        model = CumoForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
     trained_with = model.config.conversation_template
     if template is not None and template != trained_with:
         raise ValueError(
@@ -46,6 +57,36 @@ def load_model(
             f"ask in a format it never saw. Leave the template out (it is read from the model's config)."
         )
     return model, CumoProcessor.from_pretrained(model_dir, model.config)
+
+
+def device_map(
+    model_dir: str | Path, dtype: torch.dtype, gpus: int, gpu_bytes: list[int] | None = None
+) -> dict[str, int]:
+    """Module name -> GPU index: the model's layers in order over `gpus` GPUs, balanced, no layer split
+    (transformers' `infer_auto_device_map` over `get_balanced_memory`, what `device_map="auto"` does, on the
+    model built on the meta device). `gpu_bytes`: each GPU's memory (default: what CUDA reports)."""
+    from transformers.integrations.accelerate import get_balanced_memory, infer_auto_device_map
+
+    if gpu_bytes is None:
+        if torch.cuda.device_count() < gpus:
+            raise ValueError(
+                f"{gpus} GPUs per evaluation shard asked, {torch.cuda.device_count()} visible: give the shard "
+                "its GPUs (the workflow's gres is shards x gpus_per_shard) or lower --gpus-per-shard"
+            )
+        gpu_bytes = [torch.cuda.get_device_properties(i).total_memory for i in range(gpus)]
+    config = CumoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = CumoForConditionalGeneration._from_config(config, dtype=dtype)
+    max_memory = dict(enumerate(gpu_bytes))
+    no_split = model._no_split_modules
+    balanced = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split)
+    placement = infer_auto_device_map(model, max_memory=balanced, no_split_module_classes=no_split)
+    if not set(placement.values()) <= set(range(gpus)):
+        raise ValueError(
+            f"{model_dir} does not fit {gpus} GPU(s) of {min(gpu_bytes) / 2**30:.0f} GiB in {dtype} (placement "
+            f"{sorted(set(placement.values()), key=str)}): give each evaluation shard more GPUs (--gpus-per-shard)"
+        )
+    return placement
 
 
 def prompt_of(question: Question, template: str) -> str:

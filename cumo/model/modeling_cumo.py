@@ -131,7 +131,9 @@ class CumoModel(CumoPreTrainedModel):
                 f"image(s) of {per_image} tokens were given: put one {self.config.image_token!r} per image in the "
                 "prompt and expand it with CumoProcessor (or pass as many images as placeholders)"
             )
-        features = features_INH.reshape(-1, features_INH.shape[-1]).to(inputs_embeds_BTH.dtype)
+        features = features_INH.reshape(-1, features_INH.shape[-1]).to(
+            inputs_embeds_BTH.device, inputs_embeds_BTH.dtype
+        )
         return inputs_embeds_BTH.masked_scatter(image_mask_BT.unsqueeze(-1), features)
 
     def forward(
@@ -144,11 +146,19 @@ class CumoModel(CumoPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ):
-        """Returns the language model's output and the image aux terms (a dict, empty without MoE)."""
-        inputs_embeds = self.get_input_embeddings()(input_ids)
+        """Returns the language model's output and the image aux terms (a dict, empty without MoE).
+
+        The images go through the vision tower and the connector before the tokens are embedded: under ZeRO-3
+        every rank gathers each module's parameters when it runs, so every rank must run the modules in one
+        order, and a rank whose batch has no image runs the tower on a blank image first (trainer._forward).
+        Embedding first put the embeddings' gather against another rank's CLIP gather (seen: gloo "Received
+        data size doesn't match expected size (32768000 vs 150528)", Mistral's embeddings against CLIP's patch
+        embedding, in sft on 2 ranks with text-only samples)."""
         aux = {}
         if pixel_values is not None:
             features, aux = self.get_image_features(pixel_values)
+        inputs_embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None:
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
         elif cache is None or cache.get_seq_length() == 0:
             if (input_ids == self.config.image_token_id).any():

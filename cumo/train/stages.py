@@ -25,15 +25,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionModel
+from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 
 import cumo.model  # noqa: F401  (registers CumoConfig with the Auto classes, for from_pretrained)
 from cumo.data.conversation import TEMPLATES
 from cumo.data.synthetic import build_tokenizer
+from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import PRESETS, build_config
-from cumo.model.processing_cumo import CumoProcessor, add_image_token
-from cumo.model.upcycle import upcycle
+from cumo.model.processing_cumo import CumoProcessor
+from cumo.model.upcycle import upcycle_recipe, upcycled_config
+from cumo.model.weights import (
+    WHOLE,
+    Checkpoint,
+    CheckpointError,
+    Init,
+    Partitioning,
+    Read,
+    Recipe,
+    build_empty,
+    grow_rows,
+    llm_tensor,
+    load_weights,
+    saved_model,
+)
 from cumo.train.checkpoint import FINISHED, is_finished
 
 STAGES = ("pretrain", "pft", "sft")
@@ -82,6 +97,9 @@ class StageConfig:
     # The vision tower's learning rate where it differs from the rest (LLaVA-NeXT's --mm_vision_tower_lr); None:
     # learning_rate. Only with our AdamW: DeepSpeed's config-made optimizer and schedulers set one lr for all.
     vision_learning_rate: float | None = None
+    # Recompute each layer's activations in the backward instead of keeping them (CuMo's scripts pass
+    # `--gradient_checkpointing True` to every stage): the same gradients, a layer's input kept per layer.
+    gradient_checkpointing: bool = True
 
     def __post_init__(self):
         def fail(message):
@@ -222,6 +240,37 @@ RECIPES = {
 }
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """['micro_batch_size=2', 'zero=zero3_offload'] -> {field: value}, each value read as its field's type.
+
+    What `cumo train --set` takes: a recipe changed for a cluster (a smaller micro-batch at the same global
+    batch, offloading) without editing the code."""
+    types = {field.name: field.type for field in dataclasses.fields(StageConfig)}
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in types:
+            raise ValueError(f"--set {item!r}: give FIELD=VALUE with FIELD one of {sorted(types)}")
+        kind = types[name]
+        try:
+            if kind == float | None and text.lower() == "none":
+                value = None
+            elif kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError("say true or false")
+                value = text.lower() == "true"
+            elif kind in (int, str):
+                value = kind(text)
+            elif kind in (float, float | None):
+                value = float(text)
+            else:  # tuple[str, ...]
+                value = tuple(part for part in text.split(",") if part)
+        except ValueError as error:
+            raise ValueError(f"--set {item!r}: {text!r} is not a value of {kind} ({error})") from None
+        overrides[name] = value
+    return overrides
+
+
 def stage_config(stage: str, preset: str, **overrides) -> StageConfig:
     """The preset's recipe for `stage`, with `overrides` (field=value) applied and checked."""
     if preset not in RECIPES:
@@ -235,13 +284,26 @@ def stage_config(stage: str, preset: str, **overrides) -> StageConfig:
     return dataclasses.replace(RECIPES[preset][stage], **overrides)
 
 
-def prepare_model(
+@dataclass
+class StageStart:
+    """A stage's model before any weight exists: its config and processor, and where its weights come from
+    (`recipe` for `weights.load_weights`; None: a random start, the tiny presets' pretrain)."""
+
+    config: CumoConfig
+    processor: CumoProcessor
+    recipe: Recipe | None
+    # Checkpoints read, and the prefixes of their tensors the model does not use (CLIP's text tower, ...).
+    checkpoints: tuple[Checkpoint, ...] = ()
+    unused: tuple[str, ...] = ()
+
+
+def stage_start(
     stage: StageConfig,
     previous_output_dir: str | Path | None,
     preset: str,
     sources: dict[str, str] | None = None,
-) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
-    """The model `stage` trains (in train mode, untrained parts frozen) and its processor.
+) -> StageStart:
+    """What `stage` starts from; reads configs and tokenizers only, no weights.
 
     `previous_output_dir`: the finished output of the stage before (pft, sft); unused by pretrain.
     `sources` (pretrain of the paper's presets): {"clip": ..., "llm": ...} Hub ids or local directories,
@@ -255,15 +317,58 @@ def prepare_model(
             "drop --clip/--llm"
         )
     if PREVIOUS[stage.name] is None:
-        model, processor = _pretrain_start(preset, sources or {})
+        start = _pretrain_start(preset, sources or {})
     else:
-        model, processor = _load_previous(stage.name, previous_output_dir, preset)
+        require_previous(stage.name, previous_output_dir, preset)
+        previous = Checkpoint(previous_output_dir)
+        config = CumoConfig.from_pretrained(previous_output_dir)
+        processor = CumoProcessor.from_pretrained(previous_output_dir, config)
         if stage.upcycle:
-            model = upcycle(model)
-            processor = CumoProcessor(processor.tokenizer, model.config)
-    model.config.conversation_template = stage.template
+            config = upcycled_config(config)
+            start = StageStart(config, processor, upcycle_recipe(previous, config), (previous,))
+        else:
+            start = StageStart(config, processor, saved_model(previous), (previous,))
+    start.config.conversation_template = stage.template
+    start.processor.template = stage.template
+    return start
+
+
+def build_model(
+    start: StageStart,
+    stage: StageConfig,
+    dtype: torch.dtype = torch.float32,
+    partitioning: Partitioning = WHOLE,
+) -> CumoForConditionalGeneration:
+    """The model `stage` trains, in `dtype`: built under `partitioning` (ZeRO-3: split over the ranks as it is
+    made) and filled one module at a time; in train mode, untrained parts frozen, activation checkpointing
+    as the stage says."""
+    model = build_empty(start.config, dtype, partitioning, initialise=start.recipe is None)
+    if start.recipe is not None:
+        load_weights(model, start.recipe, partitioning, description=f"{stage.name}: load")
+        if partitioning.writer:
+            for checkpoint in start.checkpoints:
+                if unused := checkpoint.unread(ignore=start.unused):
+                    raise CheckpointError(
+                        f"{checkpoint.directory} holds {len(unused)} tensor(s) the {stage.name} model has no place "
+                        f"for, e.g. {unused[:5]}: it is not of the preset's architecture"
+                    )
     freeze_untrained(model, stage.trainable)
-    return model.train(), processor
+    if stage.gradient_checkpointing:
+        model.activation_checkpointing_enable()
+    return model.train()
+
+
+def prepare_model(
+    stage: StageConfig,
+    previous_output_dir: str | Path | None,
+    preset: str,
+    sources: dict[str, str] | None = None,
+    dtype: torch.dtype = torch.float32,
+    partitioning: Partitioning = WHOLE,
+) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
+    """`stage_start` then `build_model`: the model `stage` trains and its processor."""
+    start = stage_start(stage, previous_output_dir, preset, sources)
+    return build_model(start, stage, dtype, partitioning), start.processor
 
 
 def require_previous(stage: str, directory: str | Path | None, preset: str) -> None:
@@ -279,67 +384,88 @@ def require_previous(stage: str, directory: str | Path | None, preset: str) -> N
     )
 
 
-def _load_previous(
-    name: str, directory: str | Path | None, preset: str
-) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
-    require_previous(name, directory, preset)
-    model = CumoForConditionalGeneration.from_pretrained(directory, dtype="auto")
-    return model, CumoProcessor.from_pretrained(directory, model.config)
+# What of CLIP's Hub checkpoint CuMo's tower does not use: the text tower and the projections of the full
+# CLIPModel (openai/clip-vit-large-patch14-336 ships one), and the post-layernorm (features come from hidden
+# state -2); position ids are a buffer transformers no longer saves.
+CLIP_UNUSED = (
+    "text_model.",
+    "text_projection.",
+    "visual_projection.",
+    "logit_scale",
+    "vision_model.post_layernorm.",
+    "post_layernorm.",
+)
+_VISION = "model.vision_tower.vision_model."
+_CONNECTOR = "model.mm_projector."
+_LLM = "model.language_model."
 
 
-def _pretrain_start(
-    preset: str, sources: dict[str, str]
-) -> tuple[CumoForConditionalGeneration, CumoProcessor]:
+def _pretrain_start(preset: str, sources: dict[str, str]) -> StageStart:
     """The dense model pretrain starts from: tiny = random init; the paper's = CLIP + LLM weights."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {sorted(PRESETS)}")
     if preset in TINY_PRESETS:
         config = build_config(preset, moe=False, conversation_template="plain")
-        return CumoForConditionalGeneration(config), CumoProcessor(build_tokenizer(), config)
+        return StageStart(config, CumoProcessor(build_tokenizer(), config), None)
 
     # As LLaVA's train.py: the towers' own configs come with their weights; the preset adds CuMo's fields.
-    clip_source = sources.get("clip", CLIP_SOURCE)
-    llm_source = sources.get("llm", LLM_SOURCES[preset])
-    clip = CLIPVisionModel.from_pretrained(clip_source, dtype=torch.float32)
-    llm = AutoModelForCausalLM.from_pretrained(llm_source, dtype=torch.float32)
-    config = build_config(
-        preset,
-        moe=False,
-        conversation_template="plain",
-        vision_config=clip.config,
-        text_config=llm.config,
-    )
-    # Built empty and filled from the pretrained models: no time spent on a random init of 8B weights;
-    # only the connector, which pretrain learns from scratch, is initialised.
-    with torch.device("meta"):
-        model = CumoForConditionalGeneration(config)
-    model.to_empty(device="cpu")
-    # CuMo's tower has no post-layernorm (features come from hidden state -2), so CLIP's is left out.
-    _copy_exactly(model.model.vision_tower.vision_model, clip, clip_source, skip="post_layernorm.")
-    _copy_exactly(model.model.language_model, llm.model, llm_source)
-    _copy_exactly(model.lm_head, llm.lm_head, llm_source)
-    model.model.mm_projector.apply(model._init_weights)
-    tokenizer = AutoTokenizer.from_pretrained(llm_source, use_fast=True)
+    clip_dir = local_model_directory(sources.get("clip", CLIP_SOURCE))
+    llm_dir = local_model_directory(sources.get("llm", LLM_SOURCES[preset]))
+    vision_config = CLIPVisionConfig.from_pretrained(clip_dir)
+    text_config = AutoConfig.from_pretrained(llm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(llm_dir, use_fast=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token  # CuMo pads with <unk> (cumo/train/train.py)
-    add_image_token(tokenizer, model)
-    return model, CumoProcessor(tokenizer, model.config)
+    config = build_config(
+        preset, moe=False, conversation_template="plain", vision_config=vision_config, text_config=text_config
+    )
+    # Mistral's tokenizer has no image token: it gets one, and the embeddings a row for it.
+    if config.image_token not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [config.image_token]})
+    config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
+    source_vocab = text_config.vocab_size
+    if config.image_token_id >= source_vocab:
+        config.text_config.vocab_size = len(tokenizer)
+    vocab = config.text_config.vocab_size
+
+    clip, llm = Checkpoint(clip_dir), Checkpoint(llm_dir)
+    std = config.text_config.initializer_range
+
+    def recipe(name: str, shape: torch.Size):
+        if name.startswith(_VISION):
+            # The Hub's CLIPModel files name the tower `vision_model.`; transformers 5 saves a CLIPVisionModel
+            # without the prefix.
+            key = "vision_model." + name.removeprefix(_VISION)
+            return Read(clip, (key if key in clip else key.removeprefix("vision_model."),))
+        if name.startswith(_CONNECTOR):  # learnt from scratch; as transformers' _init_weights of a Linear
+            if name.endswith(".bias"):
+                return Init(torch.nn.init.zeros_)
+            return Init(lambda tensor: torch.nn.init.normal_(tensor, std=std))
+        if name == _LLM + "embed_tokens.weight":
+            return grow_rows(llm_tensor(llm, "model.", "embed_tokens.weight"), vocab)
+        if name.startswith(_LLM):
+            return llm_tensor(llm, "model.", name.removeprefix(_LLM))
+        if name == "lm_head.weight":
+            return grow_rows(Read(llm, ("lm_head.weight",)), vocab)
+        raise CheckpointError(f"no base weights for {name}: add its source to stages._pretrain_start")
+
+    return StageStart(config, CumoProcessor(tokenizer, config), recipe, (clip, llm), CLIP_UNUSED)
 
 
-def _copy_exactly(target: torch.nn.Module, source: torch.nn.Module, name: str, skip: str = "") -> None:
-    """Copy every parameter and buffer of `source` into `target`, whose tensors must be exactly those."""
-    tensors = dict(source.named_parameters()) | dict(source.named_buffers())
-    tensors = {key: tensor for key, tensor in tensors.items() if not (skip and key.startswith(skip))}
-    targets = dict(target.named_parameters()) | dict(target.named_buffers())
-    if tensors.keys() != targets.keys():
-        raise ValueError(
-            f"{name} does not fit the preset's {type(target).__name__}: missing "
-            f"{sorted(targets.keys() - tensors.keys())[:5]}, unexpected {sorted(tensors.keys() - targets.keys())[:5]}; "
-            "check that the pretrained model is the preset's architecture"
-        )
-    with torch.no_grad():
-        for key, tensor in targets.items():
-            tensor.copy_(tensors[key])
+def local_model_directory(source: str) -> Path:
+    """A Hub model id or a local directory -> a local directory holding its config, tokenizer and weights.
+
+    The workflow downloads the base models first (`cumo download`, config/sources.yaml) and passes folders;
+    a Hub id is fetched here, safetensors where the repo has them, else PyTorch .bin (CLIP's repo)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    metadata = ["*.json", "tokenizer*", "*.model"]
+    directory = Path(snapshot_download(source, allow_patterns=metadata + ["model*.safetensors"]))
+    if not list(directory.glob("*.safetensors")):
+        directory = Path(snapshot_download(source, allow_patterns=metadata + ["pytorch_model*.bin"]))
+    return directory
 
 
 def parameter_groups(model: torch.nn.Module, stage: StageConfig) -> list[dict]:

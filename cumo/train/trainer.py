@@ -44,11 +44,20 @@ from cumo.data.dataset import Collator, ModalityLengthGroupedSampler, Supervised
 from cumo.data.mixture import build_mixture
 from cumo.data.mixture_store import open_mixture
 from cumo.data.skips import SkipCounter
+from cumo.model.weights import Partitioning, save_sharded
 from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
-from cumo.train.stages import StageConfig, parameter_groups, prepare_model, require_previous, stage_config
+from cumo.train.memory import PhaseMemory
+from cumo.train.stages import (
+    StageConfig,
+    build_model,
+    parameter_groups,
+    require_previous,
+    stage_config,
+    stage_start,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +88,7 @@ def train(
     save_every: int = 500,
     keep: int = 2,
     num_workers: int = 4,
+    max_shard_bytes: int = 5 * 10**9,
     sources: dict[str, str] | None = None,
 ) -> Path:
     """Train `stage` (a name, for the preset's recipe, or a StageConfig) and export it into `output_dir`.
@@ -87,7 +97,8 @@ def train(
     `checkpoint_dir/mixture.arrow` first, so its image paths must be relative to `data_root`; build other
     layouts with `cumo mixture --image-folder`). `previous_output_dir`:
     the finished output of the stage before (pft, sft). `checkpoint_dir`: resumable state, resumed from when
-    it holds a complete checkpoint. `sources`: see `stages.prepare_model`. Run under a launcher that sets
+    it holds a complete checkpoint. `max_shard_bytes`: the largest safetensors shard of the export. `sources`:
+    see `stages.stage_start`. Run under a launcher that sets
     RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT (torchrun, deepspeed, srun via launch.py).
     Returns `output_dir`.
     """
@@ -113,10 +124,11 @@ def train(
         dist_backend="gloo" if device == "cpu" else get_accelerator().communication_backend_name()
     )
     rank, world_size = dist.get_rank(), dist.get_world_size()
+    memory = PhaseMemory(rank, world_size)  # its baseline: the imports and the process group, no model yet
     preemption = checkpoint.Preemption()
 
-    torch.manual_seed(stage.seed)  # every rank builds the same initial weights: ZeRO keeps each rank's shard
-    model, processor = prepare_model(stage, previous_output_dir, preset, sources)
+    start = stage_start(stage, previous_output_dir, preset, sources)
+    processor = start.processor
     arrow = _arrow_mixture(Path(data), Path(data_root), checkpoint_dir, rank)
     dataset = SupervisedDataset(open_mixture(arrow), processor, stage.template, data_root, stage.max_length)
     collator = Collator(processor.tokenizer.pad_token_id)
@@ -142,10 +154,16 @@ def train(
         total_steps=total_steps,
         bf16=device != "cpu",
         grad_clip=GRAD_CLIP,
-        hidden_size=model.config.text_config.hidden_size,
+        hidden_size=start.config.text_config.hidden_size,
         device=device,
     )
     ds_config["steps_per_print"] = 10**9  # the progress bar and metrics.jsonl say it already
+    # CuMo trains in bf16 on GPUs; the CPU runs (tiny preset) in fp32, so that a resume repeats a run exactly.
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    partitioning = _partitioning(ds_config, dtype, rank)
+    torch.manual_seed(stage.seed)  # every rank draws the same fresh weights (routers, a random start)
+    model = build_model(start, stage, dtype, partitioning)
+    memory.params = sum(partitioning.numel(parameter) for parameter in model.parameters())
     groups = parameter_groups(model, stage)
     optimizer = scheduler = None
     if len(groups) > 1 and {"optimizer", "scheduler"} & ds_config.keys():
@@ -167,6 +185,7 @@ def train(
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
+    memory.end("setup")
 
     # Hashed on rank 0 alone: the paper's sft mixture is 2.7 GB.
     run = checkpoint.rank0_decides(
@@ -175,15 +194,19 @@ def train(
     state = checkpoint.load(engine, checkpoint_dir, run) or {"step": 0, "wall_time_s": 0.0}
     step = state["step"]
     metrics = _MetricsLog(checkpoint_dir / METRICS_FILE, engine.module.config, rank, resume_step=step)
-    dtype = engine.module.dtype
     size = model.config.vision_config.image_size
     blank_B3HW = torch.zeros(1, 3, size, size, device=engine.device, dtype=dtype)
     bar = tqdm(total=total_steps, initial=step, desc=f"{stage.name}", unit="step", disable=rank != 0)
     run_started = time.monotonic()
 
     def save() -> None:
+        memory.start()
         client_state = {"wall_time_s": state["wall_time_s"] + time.monotonic() - run_started}
         checkpoint.save(engine, checkpoint_dir, step, client_state, keep, run)
+        memory.end("checkpoint_save")
+
+    memory.start()
+    first_step = step + 1
 
     while step < total_steps:
         epoch = step // steps_per_epoch
@@ -207,6 +230,8 @@ def train(
                 continue
             step += 1
             record = metrics.end_step(step, epoch, engine, time.monotonic() - step_started)
+            if step == first_step:
+                memory.end("first_step")
             bar.update()
             bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
             step_started = time.monotonic()
@@ -223,7 +248,9 @@ def train(
 
     # The main process's counts: with DataLoader workers each worker counts (and logs) its own skips.
     skips = _merged_skips(dataset.skips, world_size)
-    exported = _export(engine, processor, output_dir, rank)
+    memory.start()
+    exported = _export(engine.module, processor, output_dir, partitioning, max_shard_bytes)
+    memory.end("export")
     if rank == 0:
         (output_dir / METRICS_FILE).write_bytes((checkpoint_dir / METRICS_FILE).read_bytes())
         wall_time = state["wall_time_s"] + time.monotonic() - run_started
@@ -424,17 +451,40 @@ def _merged_skips(skips: SkipCounter, world_size: int) -> SkipCounter:
     return merged
 
 
-def _export(engine, processor, output_dir: Path, rank: int) -> list[str]:
-    """Save the trained model (safetensors) and processor into `output_dir` (collective); files written."""
-    if engine.zero_optimization_partition_weights():  # ZeRO-3: gathered layer by layer onto rank 0
-        state_dict = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        state_dict = engine.module.state_dict() if rank == 0 else None
-    if rank != 0:
+def _partitioning(ds_config: dict, dtype: torch.dtype, rank: int) -> Partitioning:
+    """How the model is split over the ranks: under ZeRO-3 built inside DeepSpeed's `zero.Init` and gathered a
+    module at a time to be filled and exported (what transformers does for the HF Trainer's ZeRO-3 runs,
+    modeling_utils `_from_config`); under ZeRO-2 whole on every rank, rank 0 writing."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return Partitioning(writer=rank == 0)
+    import deepspeed
+    from transformers.integrations.deepspeed import prevent_arange_dtype_change
+
+    return Partitioning(
+        # RoPE buffers keep the dtype their code asks for (zero.Init would cast torch.arange's result).
+        contexts=lambda: [
+            prevent_arange_dtype_change(),
+            deepspeed.zero.Init(config_dict_or_path=ds_config, dtype=dtype),
+        ],
+        gather=lambda params, modify: deepspeed.zero.GatheredParameters(
+            params, modifier_rank=0 if modify else None
+        ),
+        writer=rank == 0,
+        partitioned=True,
+    )
+
+
+def _export(
+    model, processor, output_dir: Path, partitioning: Partitioning, max_shard_bytes: int
+) -> list[str]:
+    """Save the trained model (safetensors shards, a module at a time) and its processor into `output_dir`
+    (collective); the files written, on the writer."""
+    save_sharded(model, output_dir, max_shard_bytes, partitioning, description="export")
+    if not partitioning.writer:
         return []
-    output_dir.mkdir(parents=True, exist_ok=True)
-    model = engine.module
     model.config.use_cache = True
-    model.save_pretrained(output_dir, state_dict=state_dict)
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(output_dir)
+    model.generation_config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return sorted(str(path.relative_to(output_dir)) for path in output_dir.rglob("*") if path.is_file())

@@ -18,11 +18,11 @@ from cumo.train.stages import StageConfig
 
 
 def bias_router(rank_to_bias: int, record_dir: str):
-    """Wrap `prepare_model` so that rank `rank_to_bias` routes no connector token to the last expert."""
-    prepare_model = trainer.prepare_model
+    """Wrap `build_model` so that rank `rank_to_bias` routes no connector token to the last expert."""
+    build_model = trainer.build_model
 
     def biased(*args, **kwargs):
-        model, processor = prepare_model(*args, **kwargs)
+        model = build_model(*args, **kwargs)
         projector = model.model.mm_projector
         rank, loads = dist.get_rank(), []
 
@@ -39,9 +39,9 @@ def bias_router(rank_to_bias: int, record_dir: str):
 
         projector.router.register_forward_hook(push_away)
         projector.register_forward_hook(record)
-        return model, processor
+        return model
 
-    trainer.prepare_model = biased
+    trainer.build_model = biased
 
 
 def preempt_at(step: int) -> None:
