@@ -239,8 +239,20 @@ def test_text_only_and_image_batches_run_the_same_modules_in_the_same_order():
     model = make_model("tiny", moe=True).train()
     engine, blank = ModelAsEngine(model), torch.zeros(1, 3, 42, 42)
     order = []
+
+    def differentiable_outputs(output) -> int:
+        if isinstance(output, torch.Tensor):
+            return int(output.requires_grad)
+        values = output.values() if isinstance(output, dict) else output if isinstance(output, tuple) else ()
+        return sum(differentiable_outputs(value) for value in values)
+
+    # ZeRO-3 also hooks every module's output tensors for the backward: a module whose output held fewer of
+    # them was met at another point of the backward (seen: "expected module CumoModel, but got MixtralModel").
     for name, module in model.named_modules():
         module.register_forward_pre_hook(lambda module, args, name=name: order.append(name))
+        module.register_forward_hook(
+            lambda module, args, output, name=name: order.append((name, differentiable_outputs(output)))
+        )
 
     def modules_run(images):
         order.clear()
@@ -250,7 +262,7 @@ def test_text_only_and_image_batches_run_the_same_modules_in_the_same_order():
 
     with_images = modules_run((True, False))
     assert modules_run((False, False)) == with_images
-    parts = [name for name in with_images if name.count(".") == 1]
+    parts = [name for name in with_images if isinstance(name, str) and name.count(".") == 1]
     assert parts == ["model.vision_tower", "model.mm_projector", "model.language_model"]
     assert with_images.index("model.language_model.embed_tokens") > with_images.index("model.mm_projector")
 

@@ -169,9 +169,12 @@ class CumoModel(CumoPreTrainedModel):
                 raise ValueError(
                     "stand_in_image is for batches without images, but the prompts hold image tokens"
                 )
-            touched = features.sum() + sum(value.sum() for key, value in aux.items() if key.endswith("_loss"))
-            inputs_embeds = inputs_embeds + 0.0 * touched.to(inputs_embeds.dtype)
-            aux = {}
+            inputs_embeds = inputs_embeds + 0.0 * features.sum().to(inputs_embeds.dtype)
+            # The aux losses stay in the output, zeroed, as the loss of a batch with images holds them: ZeRO-3
+            # hooks each module's output tensors for the backward, and a module whose output lost them was met
+            # at another point of the backward than in the recorded trace (seen: rank 1 alone invalidated its
+            # trace, "expected module CumoModel, but got MixtralModel", and the ranks' collectives parted).
+            aux = {key: 0.0 * value if key.endswith("_loss") else value for key, value in aux.items()}
         elif pixel_values is not None:
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
         elif cache is None or cache.get_seq_length() == 0:

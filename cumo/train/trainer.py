@@ -226,7 +226,7 @@ def train(
             output = _forward(engine, batch, blank_B3HW)
             engine.backward(output.loss)
             engine.step()
-            metrics.add(output, tokens=int(batch["attention_mask"].sum()))
+            metrics.add(output, tokens=int(batch["attention_mask"].sum()), images="pixel_values" in batch)
             if micro % plan.accumulation:
                 continue
             step += 1
@@ -388,18 +388,19 @@ class _MetricsLog:
         self.clip_LE = torch.zeros(self.clip_shape or (0,), dtype=torch.float64)
         self.mlp_E = torch.zeros(self.mlp_shape or (0,), dtype=torch.float64)
 
-    def add(self, output, tokens: int) -> None:
+    def add(self, output, tokens: int, images: bool) -> None:
+        """One micro-batch's output; without `images` its image terms (of the stand-in image) are not logged."""
         self.micro_batches += 1
         self.tokens += tokens
         self.loss_sum += output.loss.item()
         for term in self.terms:
             value = getattr(output, term)
-            if value is not None:  # image aux terms are absent from a text-only micro-batch
+            if value is not None and (images or term.startswith(("lm_", "llm_"))):
                 self.term_sums[term] += value.item()
                 self.term_counts[term] += 1
-        if output.clip_tokens_per_expert is not None:
+        if images and output.clip_tokens_per_expert is not None:
             self.clip_LE += output.clip_tokens_per_expert.cpu()
-        if output.mlp_tokens_per_expert is not None:
+        if images and output.mlp_tokens_per_expert is not None:
             self.mlp_E += output.mlp_tokens_per_expert.cpu()
 
     def end_step(self, step: int, epoch: int, engine, seconds: float) -> dict:
