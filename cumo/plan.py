@@ -143,6 +143,7 @@ class ModelFacts:
         int  # the most parameters of one no-split block (a decoder or CLIP layer): device_map's unit
     )
     persistent: int  # parameters small enough that ZeRO-3 keeps them whole on every rank (10 h elements)
+    sizes: tuple[int, ...]  # every parameter's elements
     shapes: "Shapes"
 
     @property
@@ -229,11 +230,12 @@ def describe(config) -> ModelFacts:
     persistence_threshold = (
         10 * config.text_config.hidden_size
     )  # deepspeed_config.py, as transformers sets it
-    persistent = 0
+    persistent, sizes = 0, []
     for name, parameter in model.named_parameters():
         part = next(part for part, prefixes in PARTS.items() if name.startswith(prefixes))
         parameters[part] += parameter.numel()
         persistent += parameter.numel() if parameter.numel() <= persistence_threshold else 0
+        sizes.append(parameter.numel())
     for prefix, module in model.named_modules():
         own = sum(p.numel() for p in module.parameters(recurse=False))
         if own:
@@ -248,6 +250,7 @@ def describe(config) -> ModelFacts:
             sum(p.numel() for p in m.parameters()) for m in model.modules() if type(m).__name__ in no_split
         ),
         persistent=persistent,
+        sizes=tuple(sizes),
         shapes=Shapes.of(config),
     )
 
@@ -546,11 +549,19 @@ def training_phases(
         weights = partition(b * (n // world + facts.persistent), weights_side)
     else:
         weights_side, weights = rank_side, b * n
+    if z.offload_param and pinned:
+        # zero.Init pins each parameter's partition on its own (partition_parameters.py `_partition_param`);
+        # stage3.py then copies them into one pinned flat buffer, and the freed blocks stay in PyTorch's host
+        # allocator's cache (only torch._C._host_emptyCache() returns them).
+        cached = sum(_pinned(-(-size // world) * b, True) for size in facts.sizes)
+    else:
+        cached = 0
     # The fp32 master: ZeRO-3 uses the partition itself when it is fp32 on the same device (stage3.py
     # `_create_fp32_partitions`); ZeRO-2 and offloading clone it.
     master = 0 if z.stage == 3 and b == FP32 and not z.offload_optimizer else FP32 * nt // world
     states = {
         "weights": (weights_side, weights),
+        "pinned partitions left in the host allocator's cache": ("host", cached),
         "gradient partition": (optimizer_side, partition(b * nt // world, optimizer_side)),
         "fp32 master": (optimizer_side, partition(master, optimizer_side)),
         "fp32 gradient": (optimizer_side, partition(FP32 * nt // world, optimizer_side)),
@@ -660,3 +671,416 @@ def _peak(phase: str, moments: tuple[dict, ...], cuda: bool) -> RankMemory:
         device=max((rank.device for rank in sides), key=lambda terms: sum(terms.values())),
         host=max((rank.host for rank in sides), key=lambda terms: sum(terms.values())),
     )
+
+
+# --- jobs ----------------------------------------------------------------------------------------------------
+
+# Host-memory terms only the writer (rank 0) has: the others neither read checkpoints nor write shards.
+WRITER_ONLY = ("reading a module", "the copies of one shard")
+
+
+@dataclass
+class JobPlan:
+    """One job's plan: per GPU (or per CPU rank) and per node, the terms of its peak, and what to change."""
+
+    job: str  # "train cumo-mistral-7b pft", "evaluate cumo-mixtral-8x7b"
+    rule: str  # the workflow's rule: train, evaluate
+    wildcards: dict[str, str]
+    nodes: int
+    ranks: int  # training ranks, or evaluation shards
+    gpus_per_rank: int  # 1 for training; evaluation's GPUs per shard (0 on CPU)
+    device: dict[str, int]  # one GPU's peak, by term (empty on CPU)
+    host: dict[str, int]  # one node's peak, by term
+    device_limit: int
+    host_limit: int
+    advice: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # what does not fit, in words
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    @property
+    def device_bytes(self) -> int:
+        return sum(self.device.values())
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(self.host.values())
+
+    def check(self, gpus_per_node: int) -> None:
+        """Fill `problems`: what exceeds the cluster."""
+        self.problems = []
+        if self.device and self.device_bytes > self.device_limit:
+            self.problems.append(
+                f"{_gb(self.device_bytes)} per GPU > {_gb(self.device_limit)} ({_largest_terms(self.device)})"
+            )
+        if self.host_bytes > self.host_limit:
+            self.problems.append(
+                f"{_gb(self.host_bytes)} of host memory per node > {_gb(self.host_limit)} "
+                f"({_largest_terms(self.host)})"
+            )
+        gpus = self.gpus_per_rank * (self.ranks // self.nodes)
+        if self.device and gpus > gpus_per_node:
+            self.problems.append(f"{gpus} GPUs on one node > the node's {gpus_per_node}")
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / GB:.1f} GB"
+
+
+def _largest_terms(terms: dict[str, int], count: int = 3) -> str:
+    ranked = sorted(terms.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} {_gb(nbytes)}" for name, nbytes in ranked)
+
+
+def stage_ds_config(stage, world: int, hidden_size: int, device: str) -> dict:
+    """The stage's DeepSpeed config as the trainer fills it (cumo/train/trainer.py), for `world` ranks."""
+    from cumo.train.batching import plan_batch
+    from cumo.train.deepspeed_config import fill_deepspeed_config
+    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
+
+    return fill_deepspeed_config(
+        DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json",
+        batch=plan_batch(stage.global_batch_size, stage.micro_batch_size, world),
+        lr=stage.learning_rate,
+        weight_decay=stage.weight_decay,
+        warmup_steps=1,
+        total_steps=2,
+        bf16=device == "cuda",
+        grad_clip=1.0,
+        hidden_size=hidden_size,
+        device=device,
+    )
+
+
+def plan_training(
+    job: str,
+    wildcards: dict,
+    facts: ModelFacts,
+    stage,
+    nodes: int,
+    processes_per_node: int,
+    device: str,
+    cluster: Cluster,
+) -> JobPlan:
+    """A training job: `nodes` x `processes_per_node` ranks of `stage`; its peak per GPU and per node."""
+    world = nodes * processes_per_node
+    ds_config = stage_ds_config(stage, world, facts.shapes.hidden, device)
+    phases = training_phases(facts, stage, ds_config, world, device)
+    device_peak = max((rank.device for rank in phases.values()), key=lambda terms: sum(terms.values()))
+    host_rank = max((rank.host for rank in phases.values()), key=lambda terms: sum(terms.values()))
+    others = {name: nbytes for name, nbytes in host_rank.items() if name not in WRITER_ONLY}
+    process = CUDA_PROCESS_HOST_BYTES if device == "cuda" else CPU_PROCESS_HOST_BYTES
+    host = {
+        "processes (allowance)" if device == "cuda" else "processes after imports": processes_per_node
+        * process
+    }
+    for name, nbytes in host_rank.items():
+        host[name] = nbytes + (processes_per_node - 1) * others.get(name, 0)
+    return JobPlan(
+        job=job,
+        rule="train",
+        wildcards=wildcards,
+        nodes=nodes,
+        ranks=world,
+        gpus_per_rank=1 if device == "cuda" else 0,
+        device=dict(device_peak) if device == "cuda" else {},
+        host=host,
+        device_limit=cluster.gpu_bytes,
+        host_limit=cluster.host_bytes,
+    )
+
+
+def plan_evaluation(
+    job: str,
+    wildcards: dict,
+    facts: ModelFacts,
+    shards: int,
+    gpus_per_shard: int,
+    batch_size: int,
+    dtype_bytes: int,
+    device: str,
+    cluster: Cluster,
+    max_shard_bytes: int = 5 * GB,
+) -> JobPlan:
+    """An evaluation job: `shards` processes, each with the whole model over `gpus_per_shard` GPUs (whole
+    layers on each: transformers' device_map, cumo/eval/generate.py) answering `batch_size` questions at a
+    time with a KV cache of EVAL_CONTEXT_TOKENS per question."""
+    s, b, n = facts.shapes, dtype_bytes, facts.total
+    k = max(gpus_per_shard, 1)
+    kv_cache = batch_size * EVAL_CONTEXT_TOKENS * s.layers * 2 * s.kv_width * b
+    # Without gradients nothing is kept: the prefill's largest working set is one decoder layer's MLP over the
+    # prompt (gate, up, their product) or one CLIP layer over every crop; the next token's logits in fp32.
+    crop_tokens = batch_size * s.crops * s.crop_tokens
+    working = max(
+        batch_size * EVAL_CONTEXT_TOKENS * (3 * s.intermediate + 4 * s.hidden) * b,
+        crop_tokens * (s.vision_intermediate * (1 + s.clip_moe * s.top_k) + 4 * s.vision_hidden) * b,
+    )
+    model = {
+        "weights": n * b // k,
+        # device_map places whole layers: a GPU may hold up to one more than its share
+        "weights: uneven split": facts.largest_block * b if k > 1 else 0,
+        "KV cache": kv_cache // k,
+        "activations: prefill": working,
+        "logits": batch_size * s.vocab * FP32,
+    }
+    if device == "cuda":
+        gpu = dict(model, **{"CUDA context (allowance)": CUDA_CONTEXT_BYTES})
+        per_shard_host = CUDA_PROCESS_HOST_BYTES + min(
+            max_shard_bytes, n * b
+        )  # from_pretrained reads a shard
+        host = {"processes (allowance) and a checkpoint shard each": shards * per_shard_host}
+    else:
+        gpu = {}
+        host = {
+            "processes after imports": shards * CPU_PROCESS_HOST_BYTES,
+            "model, cache and activations": shards * sum(model.values()),
+        }
+    return JobPlan(
+        job=job,
+        rule="evaluate",
+        wildcards=wildcards,
+        nodes=1,
+        ranks=shards,
+        gpus_per_rank=k if device == "cuda" else 0,
+        device={name: nbytes for name, nbytes in gpu.items() if nbytes},
+        host=host,
+        device_limit=cluster.gpu_bytes,
+        host_limit=cluster.host_bytes,
+    )
+
+
+# --- a workflow config -----------------------------------------------------------------------------------------
+
+
+def training_stage(config: dict, preset: str, stage: str):
+    """The stage's recipe with the config's overrides (`train.recipe.<stage>`), checked; errors name the key."""
+    from cumo.train.stages import stage_config
+
+    overrides = dict((config["train"].get("recipe") or {}).get(stage) or {})
+    if isinstance(overrides.get("trainable"), list):
+        overrides["trainable"] = tuple(overrides["trainable"])
+    try:
+        return stage_config(stage, preset, **overrides)
+    except (TypeError, ValueError) as error:
+        raise PlanError(f"train.recipe.{stage} ({preset}): {error}") from None
+
+
+def plan_config(config: dict) -> list[JobPlan]:
+    """Every training and evaluation job of a workflow config (config/config.yaml's keys) on its cluster."""
+    try:
+        return _plan_config(config)
+    except KeyError as error:
+        raise PlanError(
+            f"the config has no {error.args[0]!r} where the plan reads it: see config/README.md for its keys"
+        ) from None
+
+
+def _plan_config(config: dict) -> list[JobPlan]:
+    from cumo.train.batching import BatchError
+    from cumo.train.stages import STAGES
+
+    cluster = Cluster.from_config(config.get("cluster"))
+    train, evaluation, models = config["train"], config["eval"], config["models"]
+    for section, device in (("train", train["device"]), ("eval", evaluation["device"])):
+        if device == "cuda" and not cluster.gpus_per_node:
+            raise PlanError(
+                f"cluster.gpus_per_node: 0, but {section}.device is cuda: declare the GPUs of a node (e.g. 8), "
+                f"or set {section}.device: cpu"
+            )
+    jobs = []
+    for name, model in models.items():
+        if "preset" not in model:
+            continue
+        for stage_name in STAGES:
+            stage = training_stage(config, model["preset"], stage_name)
+            facts = preset_facts(model["preset"], stage.upcycle)
+
+            def plan(stage, nodes, facts=facts, name=name, stage_name=stage_name):
+                job = plan_training(
+                    f"train {name} {stage_name}",
+                    {"model": name, "stage": stage_name},
+                    facts,
+                    stage,
+                    nodes,
+                    train["processes_per_node"],
+                    train["device"],
+                    cluster,
+                )
+                job.check(cluster.gpus_per_node)
+                return job
+
+            try:
+                job = plan(stage, train["nodes"][stage_name])
+            except BatchError as error:
+                raise PlanError(f"train {name} {stage_name}: {error}") from None
+            if not job.fits:
+                job.advice = _training_advice(plan, stage, train["nodes"][stage_name])
+            jobs.append(job)
+    for name in models:
+        facts = _evaluated_facts(models, name)
+        if facts is None:
+            continue
+        jobs.append(_plan_evaluation_job(name, facts, evaluation, cluster))
+    return jobs
+
+
+def _evaluated_facts(models: dict, name: str) -> ModelFacts | None:
+    """The model an evaluation of `name` loads: a trained preset after sft (co-upcycled), the model a
+    blank-images entry names, or a released checkpoint's config when it is on disk (None until then)."""
+    model = models[name]
+    if "blank_images_of" in model:
+        return _evaluated_facts(models, model["blank_images_of"])
+    if "preset" in model:
+        return preset_facts(model["preset"], True)
+    from pathlib import Path
+
+    from cumo.model.configuration_cumo import CumoConfig
+
+    directory = Path(model["released"])
+    return describe(CumoConfig.from_pretrained(directory)) if (directory / "config.json").is_file() else None
+
+
+def _plan_evaluation_job(name: str, facts: ModelFacts, evaluation: dict, cluster: Cluster) -> JobPlan:
+    """The evaluation of one model: GPUs per shard as the config says, or the fewest the model fits on."""
+    device = evaluation["device"]
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[evaluation["dtype"]]
+
+    def plan(shards, gpus):
+        job = plan_evaluation(
+            f"evaluate {name}",
+            {"model": name},
+            facts,
+            shards,
+            gpus,
+            evaluation["batch_size"],
+            dtype_bytes,
+            device,
+            cluster,
+        )
+        job.check(cluster.gpus_per_node)
+        return job
+
+    shards = evaluation["shards"]
+    if device != "cuda":
+        return plan(shards, 0)
+    fitting = [k for k in range(1, cluster.gpus_per_node + 1) if plan(1, k).device_bytes <= cluster.gpu_bytes]
+    chosen = evaluation.get("gpus_per_shard") or (fitting[0] if fitting else cluster.gpus_per_node)
+    job = plan(shards, chosen)
+    if job.fits:
+        return job
+    if not fitting:
+        job.advice = [f"the model does not fit the {cluster.gpus_per_node} GPUs of one node: use larger GPUs"]
+        return job
+    gpus = chosen if chosen in fitting else fitting[0]
+    if gpus != chosen:
+        job.advice.append(
+            f"eval.gpus_per_shard: {gpus} (or leave it out: the plan picks the fewest that fit)"
+        )
+    if shards * gpus > cluster.gpus_per_node:
+        job.advice.append(f"eval.shards: {cluster.gpus_per_node // gpus} ({gpus} GPUs each on one node)")
+    if not plan(min(shards, cluster.gpus_per_node // gpus), gpus).fits:
+        job.advice.append(
+            "fewer eval.shards: the node's host memory holds one model copy per shard while loading"
+        )
+    return job
+
+
+def _training_advice(plan, stage, nodes: int) -> list[str]:
+    """Config changes that make a training job fit, each alone where one does, else together: a smaller
+    micro-batch at the same global batch, activation checkpointing, more ZeRO (offloading), more nodes."""
+    from cumo.train.batching import BatchError
+    from cumo.train.stages import ZERO_CONFIGS
+
+    key = f"train.recipe.{stage.name}"
+    micro = [
+        (f"{key}.micro_batch_size: {m} (the same global batch {stage.global_batch_size}, more accumulation)",
+         {"micro_batch_size": m})
+        for m in range(stage.micro_batch_size - 1, 0, -1)
+        if stage.global_batch_size % m == 0
+    ]  # fmt: skip
+    checkpointing = (
+        []
+        if stage.gradient_checkpointing
+        else [(f"{key}.gradient_checkpointing: true", {"gradient_checkpointing": True})]
+    )
+    zero = [(f"{key}.zero: {z}", {"zero": z}) for z in ZERO_CONFIGS[ZERO_CONFIGS.index(stage.zero) + 1 :]]
+    more_nodes = [(f"train.nodes.{stage.name}: {n}", n) for n in range(nodes + 1, 9)]
+
+    def fits(changes: dict, n: int) -> bool:
+        try:
+            return plan(dataclasses.replace(stage, **changes), n).fits
+        except BatchError:  # the global batch does not split over that many ranks
+            return False
+
+    advice = []
+    for group in (checkpointing, micro, zero):  # the first of each kind that fits alone
+        advice += [next((text for text, changes in group if fits(changes, nodes)), None)]
+    advice.append(next((text for text, n in more_nodes if fits({}, n)), None))
+    advice = [text for text in advice if text]
+    if advice:
+        return advice
+    for (zero_text, zero_changes), (micro_text, micro_changes) in [
+        (z, m) for z in [("", {})] + zero for m in micro
+    ]:
+        for nodes_text, n in [("", nodes)] + more_nodes:
+            if fits({**zero_changes, **micro_changes}, n):
+                return [" and ".join(text for text in (zero_text, micro_text, nodes_text) if text)]
+    return ["no change of micro-batch, ZeRO offloading or nodes (up to 8) makes it fit"]
+
+
+def check_config(config: dict) -> list[JobPlan]:
+    """`plan_config`, raising `PlanRefused` naming every job that cannot fit and what to change."""
+    jobs = plan_config(config)
+    refused = [job for job in jobs if not job.fits]
+    if refused:
+        raise PlanRefused(refusal(refused, Cluster.from_config(config.get("cluster"))))
+    return jobs
+
+
+def refusal(refused: list[JobPlan], cluster: Cluster) -> str:
+    lines = [
+        f"{len(refused)} job(s) cannot fit the cluster ({cluster.gpus_per_node} GPUs of {cluster.gpu_memory_gb} GB "
+        f"and {cluster.host_memory_gb} GB of host memory per node; config key `cluster`):"
+    ]
+    for job in refused:
+        lines.append(f"- {job.job}: {'; '.join(job.problems)}.")
+        lines.append(
+            f"  Change the config: {' or '.join(job.advice)}" if job.advice else "  No change found."
+        )
+    lines.append("`cumo plan CONFIG` prints the whole plan.")
+    return "\n".join(lines)
+
+
+def format_plan(jobs: list[JobPlan], cluster: Cluster) -> str:
+    """The plan as a Markdown table, one row per job, then the refused jobs with what to change."""
+    rows = [
+        f"Cluster: {cluster.gpus_per_node} GPUs of {cluster.gpu_memory_gb} GB and {cluster.host_memory_gb} GB of "
+        "host memory per node.",
+        "",
+        "| job | nodes x ranks (x GPUs) | per GPU | largest terms | host per node | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for job in jobs:
+        shape = f"{job.nodes} x {job.ranks // job.nodes}" + (
+            f" x {job.gpus_per_rank}" if job.gpus_per_rank > 1 else ""
+        )
+        gpu = _gb(job.device_bytes) if job.device else "-"
+        terms = _largest_terms(job.device or job.host)
+        rows.append(
+            f"| {job.job} | {shape} | {gpu} | {terms} | {_gb(job.host_bytes)} | "
+            f"{'fits' if job.fits else 'DOES NOT FIT'} |"
+        )
+    refused = [job for job in jobs if not job.fits]
+    if refused:
+        rows += ["", refusal(refused, cluster)]
+    return "\n".join(rows)
+
+
+def slurm_mem_mb(job: JobPlan | None, attempt: int, cluster: Cluster) -> int:
+    """Slurm's --mem for a job (MB meaning MiB): its planned host memory per node, times the attempt (a
+    retried job gets more), at most the node's; the node's for a job not planned (a released checkpoint
+    not yet on disk)."""
+    node = cluster.host_bytes // 2**20
+    return min(-(-job.host_bytes // 2**20) * attempt, node) if job else node
