@@ -1,36 +1,38 @@
 """`cumo plan`: the memory every job of a workflow config needs, planned before anything is submitted.
 
 For each training job (model x stage) and each evaluation job of a config, on the cluster the config
-declares, the peak memory of one rank's accelerator (its terms: weights, gradients, optimizer states,
-DeepSpeed's buffers, activations) and of a node's host, each against what the cluster has. A job that cannot
-fit says which config change makes it fit. The workflow runs the same check when it builds its DAG
-(workflow/rules/common.smk) and asks Slurm for the host memory planned here.
+declares (`cluster:`), the peak memory of one GPU, by term (weights, gradients, optimizer states, DeepSpeed's
+buffers, activations, transients), and of one node's host memory, each against what the cluster has. A job
+that cannot fit names the config change that makes it fit. The workflow runs the same check when it builds
+its DAG (workflow/rules/common.smk) and asks Slurm for the host memory planned here.
 
-Model states follow DeepSpeed's own estimators, per parameter and rank (W ranks):
-- ZeRO-2 (deepspeed/runtime/zero/stage_1_and_2.py, `estimate_zero2_model_states_mem_needs`):
-  2 N + 18 N / W bytes in bf16, "18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit +
-  8_optimizer_states_32bit". The 16-bit weights are whole on every rank.
-- ZeRO-3 (deepspeed/runtime/zero/stage3.py, `estimate_zero3_model_states_mem_needs`): 18 N / W on the
-  accelerator plus 4 x the largest layer, or with both offloads the 18 in host memory. Reading stage3.py,
-  the 18 is the 16-bit partition (2) and the fp32 master, Adam's two moments and the fp32 gradient (16); the
-  16-bit gradient partition (`grad_partitions_flat_buffer`, 2 per trainable parameter, in the gradient
-  accumulation dtype) is not in the estimator and is here.
-Both estimators assume every parameter trains. Here the frozen ones (pretrain trains only the connector)
-have their 16-bit weights and nothing else, and on DeepSpeed's CPU accelerator everything is fp32: the
-master copy is then the partition itself under ZeRO-3 (stage3.py `_create_fp32_partitions`: same dtype and
-device, no copy), a clone under ZeRO-2.
+Model states follow DeepSpeed's own estimators, per parameter and rank (W ranks, N parameters):
+- ZeRO-2 (deepspeed/runtime/zero/stage_1_and_2.py, `estimate_zero2_model_states_mem_needs`): 2 N + 18 N / W
+  bytes in bf16, "18 = 2_grads_16bit + 4_grads_32bit + 4_params_32bit + 8_optimizer_states_32bit"; the
+  16-bit weights are whole on every rank.
+- ZeRO-3 (deepspeed/runtime/zero/stage3.py, `estimate_zero3_model_states_mem_needs`): 18 N / W plus 4 x the
+  largest layer on the GPU, or with both offloads 18 N / W in host memory (times its buffer factor 1.5):
+  the 16-bit partition (2), the fp32 master, Adam's moments and the fp32 gradient (16). stage3.py also keeps
+  a 16-bit gradient partition (`grad_partitions_flat_buffer`, 2), which the estimator leaves out.
+tests/test_plan.py checks these against the estimators. Unlike them the plan counts frozen parameters (only
+the connector trains in pretrain) as weights alone, and knows DeepSpeed's CPU accelerator (the tiny run,
+the benchmark) trains in fp32, where ZeRO-3's master is the partition itself (stage3.py
+`_create_fp32_partitions`: same dtype and device, no copy) and pinning is a no-op.
 
-DeepSpeed's buffers, with the sizes cumo/train/deepspeed_config.py gives them (transformers' rules, from the
-LLM's hidden size h): the reduce bucket `reduce_bucket_size = h^2` elements (two under ZeRO-2 with
-`overlap_comm`, stage_1_and_2.py `setup_buckets`), ZeRO-3's prefetch bucket `0.9 h^2` and the parameters it
-keeps gathered, at most `stage3_max_live_parameters = 1e9` (config/deepspeed/zero3*.json; with
-`stage3_max_reuse_distance = 1e9` a layer that will be used again soon, as the recompute of activation
-checkpointing uses the last layers, is not released).
+Then what the code allocates besides (each term's comment says where): the reduce bucket(s) of
+`reduce_bucket_size = h^2` elements (cumo/train/deepspeed_config.py, transformers' rule), ZeRO-3's gathered
+parameters (one module at a time in the first step, which records the trace; afterwards up to
+`stage3_max_live_parameters = 1e9`, config/deepspeed/zero3*.json), the gradients of a module before they are
+reduced, the flattened fp32 gradients and Adam's temporaries at the optimiser step, the loading, saving and
+exporting transients, pinned host buffers rounded up to a power of two by PyTorch's host allocator, and the
+activations of one micro-batch (`saved_activation_bytes`: what autograd keeps per token of every layer of
+CLIP, the connector and the LLM, and of the loss, exact against the bytes autograd saves in
+tests/test_plan.py; with activation checkpointing a layer keeps only its input and the backward recomputes
+one layer at a time).
 
-Activations come from the model's shapes (`saved_activation_bytes`): what autograd keeps per token of every
-layer of CLIP, the connector and the LLM, and of the loss, tested against the bytes autograd actually saves
-(tests/test_plan.py). With activation checkpointing a layer keeps only its input, and the backward
-recomputes one layer at a time.
+On CPU ranks `python -m cumo.bench memory` measures every phase of every stage of a scaled family of the
+paper's presets and compares it with `training_phases`; README "Memory" has the table. The GPU figures are
+the same terms in bf16, with two allowances that are not computed (the CUDA context and libraries).
 """
 
 import dataclasses
