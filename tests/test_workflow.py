@@ -237,6 +237,7 @@ def eval_command(target: str, *config) -> str:
 def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
     command = eval_command("results/tiny/eval/tiny-blank-images/pope/metrics.json")
     assert "--model results/tiny/models/tiny/sft " in command and "--blank-images" in command
+    assert "--shards 1 --gpus-per-shard 1 --device cpu" in command  # on CPU a shard is one process
     command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json")
     assert "--split val" in command and "--blank-images" not in command
 

@@ -247,9 +247,12 @@ def eval_mem_mb(wildcards, attempt):
 
 
 def gpus_per_shard(wildcards):
-    """`cumo eval --gpus-per-shard`: the config's, else the fewest GPUs the plan fits the model on."""
-    plan = eval_plan(wildcards)
-    return config["eval"].get("gpus_per_shard") or (plan.gpus_per_rank if plan else 1)
+    """`cumo eval --gpus-per-shard`: the config's, else the fewest GPUs the plan fits the model on (1 on CPU,
+    where it means nothing)."""
+    evaluation, plan = config["eval"], eval_plan(wildcards)
+    if evaluation["device"] != "cuda":
+        return 1
+    return evaluation.get("gpus_per_shard") or (plan.gpus_per_rank if plan else 1)
 
 
 def eval_gres(wildcards):
