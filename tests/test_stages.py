@@ -12,12 +12,14 @@ from cumo.train.stages import (
     PARTS,
     MissingPredecessor,
     StageConfig,
+    build_model,
     freeze_untrained,
     parameter_groups,
     prepare_model,
     stage_config,
+    stage_start,
 )
-from tests.factories import make_model
+from tests.factories import make_batch, make_model
 
 
 def trainable_parts(model) -> set[str]:
@@ -181,3 +183,48 @@ def test_paper_preset_pretrain_loads_clip_and_the_llm(tmp_path):
 def test_base_weights_are_refused_where_no_stage_starts_from_them(tmp_path, stage, preset):
     with pytest.raises(ValueError, match="drop --clip/--llm"):
         prepare_model(stage_config(stage, preset), tmp_path, preset, {"llm": str(tmp_path)})
+
+
+def saved_bytes(model, batch) -> tuple[torch.Tensor, dict, int]:
+    """Loss, gradients and the bytes of the tensors autograd kept for the backward (each storage once)."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(**batch, labels=batch["input_ids"]).loss
+    loss.backward()
+    return loss, {name: p.grad for name, p in model.named_parameters()}, sum(storages.values())
+
+
+def test_activation_checkpointing_recomputes_the_same_loss_and_gradients_from_less_kept():
+    """Checkpointing changes what is kept for the backward, not the math: the loss and every gradient are
+    equal to the bit, in CLIP's layers (MoE) and the LLM's alike, with far fewer bytes kept."""
+    batch = make_batch(make_model("tiny", moe=True).config, prompt_lengths=(40, 40))
+    runs = {}
+    for on in (False, True):
+        model = make_model("tiny", moe=True).train()
+        if on:
+            model.activation_checkpointing_enable()
+            layers = [
+                *model.model.vision_tower.vision_model.encoder.layers,
+                *model.model.language_model.layers,
+            ]
+            assert all(layer.gradient_checkpointing for layer in layers)
+        runs[on] = saved_bytes(model, batch)
+    (loss, grads, kept), (loss_cp, grads_cp, kept_cp) = runs[False], runs[True]
+    assert torch.equal(loss, loss_cp)
+    assert grads.keys() == grads_cp.keys()
+    for name, grad in grads.items():
+        assert (grad is None and grads_cp[name] is None) or torch.equal(grad, grads_cp[name]), name
+    assert kept_cp < 0.5 * kept, (kept_cp, kept)
+
+
+def test_a_stage_checkpoints_activations_unless_its_config_says_not(tmp_path):
+    for flag in (True, False):
+        start = stage_start(stage_config("pretrain", "tiny"), None, "tiny")
+        model = build_model(start, stage_config("pretrain", "tiny", gradient_checkpointing=flag))
+        assert model.is_gradient_checkpointing == flag

@@ -19,6 +19,7 @@ from cumo.model.weights import (
     SAFETENSORS_INDEX,
     Checkpoint,
     CheckpointError,
+    Partitioning,
     build_empty,
     load_weights,
     save_sharded,
@@ -150,3 +151,33 @@ def test_upcycling_a_directory_streams_the_same_model_as_upcycling_in_memory(tmp
     batch = make_batch(dense.config)
     with torch.no_grad():
         torch.testing.assert_close(moe(**batch).logits, dense(**batch).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_every_rank_reads_its_whole_model_unless_the_parameters_are_partitioned(tmp_path):
+    """Under ZeRO-2 every rank holds whole parameters and fills them itself; rank 0 only writes files."""
+    model = make_model("tiny", moe=False)
+    model.save_pretrained(tmp_path)
+    second_rank = Partitioning(writer=False)
+    empty = build_empty(model.config, torch.float32, second_rank)
+    load_weights(empty, saved_model(Checkpoint(tmp_path)), second_rank)
+    assert_same_tensors(model.state_dict(), empty.state_dict())
+    assert save_sharded(empty, tmp_path / "not-written", partitioning=second_rank) == []
+    assert not (tmp_path / "not-written").exists()
+
+
+def test_the_routers_are_the_only_draws_of_upcycling():
+    """After the seed, co-upcycling draws the routers in module order and nothing else (building the empty
+    model must not draw, e.g. CLIP's class embedding): the tiny run's sft starts from the same routers as
+    before the streamed set-up, and its table is unchanged."""
+    dense = make_model("tiny", moe=False)
+    torch.manual_seed(0)
+    moe = upcycle(dense)
+    after = torch.rand(1)
+    routers = [name for name in moe.state_dict() if name.endswith("router.weight")]
+    assert len(routers) == moe.config.vision_config.num_hidden_layers + 1
+    torch.manual_seed(0)
+    std = moe.config.text_config.initializer_range
+    for name in routers:
+        expected = torch.empty_like(moe.state_dict()[name]).normal_(std=std)
+        assert torch.equal(moe.state_dict()[name], expected), name
+    assert torch.equal(torch.rand(1), after)

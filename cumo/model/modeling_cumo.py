@@ -144,21 +144,35 @@ class CumoModel(CumoPreTrainedModel):
         position_ids: torch.LongTensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        stand_in_image: bool = False,
         **kwargs,
     ):
         """Returns the language model's output and the image aux terms (a dict, empty without MoE).
 
         The images go through the vision tower and the connector before the tokens are embedded: under ZeRO-3
-        every rank gathers each module's parameters when it runs, so every rank must run the modules in one
-        order, and a rank whose batch has no image runs the tower on a blank image first (trainer._forward).
-        Embedding first put the embeddings' gather against another rank's CLIP gather (seen: gloo "Received
-        data size doesn't match expected size (32768000 vs 150528)", Mistral's embeddings against CLIP's patch
-        embedding, in sft on 2 ranks with text-only samples)."""
+        every rank gathers each module's parameters when it runs, and prefetches them in the order of the first
+        step, so every rank must run the same modules in the same order whatever its batch holds. Embedding first
+        put the embeddings' gather against another rank's CLIP gather (seen: gloo "Received data size doesn't
+        match expected size (32768000 vs 150528)", Mistral's embeddings against CLIP's patch embedding, in sft on 2
+        ranks with text-only samples).
+
+        `stand_in_image`: the batch holds no image and `pixel_values` is a blank stand-in that runs the vision
+        tower and connector all the same, their output joining as 0 x (features and aux losses): the same modules,
+        gathers and gradient reductions as a batch with images, and no change to the loss or the gradients (as
+        LLaVA's training feeds a zero image to text-only samples, llava/train/train.py)."""
         aux = {}
         if pixel_values is not None:
             features, aux = self.get_image_features(pixel_values)
         inputs_embeds = self.get_input_embeddings()(input_ids)
-        if pixel_values is not None:
+        if pixel_values is not None and stand_in_image:
+            if (input_ids == self.config.image_token_id).any():
+                raise ValueError(
+                    "stand_in_image is for batches without images, but the prompts hold image tokens"
+                )
+            touched = features.sum() + sum(value.sum() for key, value in aux.items() if key.endswith("_loss"))
+            inputs_embeds = inputs_embeds + 0.0 * touched.to(inputs_embeds.dtype)
+            aux = {}
+        elif pixel_values is not None:
             inputs_embeds = self.merge_image_features(input_ids, inputs_embeds, features)
         elif cache is None or cache.get_seq_length() == 0:
             if (input_ids == self.config.image_token_id).any():
@@ -207,8 +221,10 @@ class CumoForConditionalGeneration(CumoPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        stand_in_image: bool = False,
         **kwargs,
     ) -> CumoOutput:
+        """`stand_in_image`: see CumoModel.forward (a text-only training batch under ZeRO-3)."""
         if self.llm_is_moe and labels is not None:
             kwargs["output_router_logits"] = True
         outputs, aux = self.model(
@@ -218,6 +234,7 @@ class CumoForConditionalGeneration(CumoPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            stand_in_image=stand_in_image,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -112,6 +112,10 @@ class Checkpoint:
             )
         return tensor
 
+    def close(self) -> None:
+        """Unmap the `.bin` files (their touched pages count in the process's memory while mapped)."""
+        self._bins.clear()
+
     def unread(self, ignore: tuple[str, ...] = ()) -> list[str]:
         """Keys never read, except those starting with one of `ignore`."""
         return sorted(key for key in self._where.keys() - self.read_keys if not key.startswith(ignore))
@@ -209,6 +213,10 @@ def build_empty(config: CumoConfig, dtype: torch.dtype, partitioning: Partitioni
     with ExitStack() as stack:
         if not initialise:
             stack.enter_context(no_init_weights())
+            # Weights to be filled must not draw from the random streams either (CLIP's class embedding is made
+            # with torch.randn): the fresh draws that follow (routers) stay those of the seed.
+            devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+            stack.enter_context(torch.random.fork_rng(devices=devices))
         for context in partitioning.contexts():
             stack.enter_context(context)
         return CumoForConditionalGeneration._from_config(config, dtype=dtype)
@@ -248,7 +256,7 @@ def load_weights(
                     source = recipe(full_name, tensor.shape)
                     if isinstance(source, Init):
                         source.fill(tensor)
-                    elif partitioning.writer or not is_parameter:
+                    elif partitioning.writer or not partitioning.partitioned or not is_parameter:
                         value = source.value()
                         if value.shape != tensor.shape:
                             raise CheckpointError(

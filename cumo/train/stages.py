@@ -345,8 +345,9 @@ def build_model(
     model = build_empty(start.config, dtype, partitioning, initialise=start.recipe is None)
     if start.recipe is not None:
         load_weights(model, start.recipe, partitioning, description=f"{stage.name}: load")
-        if partitioning.writer:
-            for checkpoint in start.checkpoints:
+        for checkpoint in start.checkpoints:
+            checkpoint.close()
+            if partitioning.writer or not partitioning.partitioned:
                 if unused := checkpoint.unread(ignore=start.unused):
                     raise CheckpointError(
                         f"{checkpoint.directory} holds {len(unused)} tensor(s) the {stage.name} model has no place "

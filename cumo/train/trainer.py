@@ -20,9 +20,10 @@ with the metadata last (`checkpoint.mark_finished`); a rerun of a finished stage
 
 Text-only batches under ZeRO-3: a rank whose micro-batch has no image would skip the vision tower and
 connector, whose parameters every rank gathers and whose gradients every rank reduces together, and the
-ranks would wait on each other for ever. So such a micro-batch also runs one blank image through them
-and adds 0 x (its features and aux losses) to the loss: the same collectives on every rank, no change to
-the gradient (LLaVA feeds a zero image per text-only sample for the same reason).
+ranks would wait on each other for ever. So such a micro-batch also runs one blank image through them, in
+the model's own forward and at the place of real images, and adds 0 x (its features and aux losses) to the
+loss: the same modules in the same order on every rank, which ZeRO-3's prefetching needs too, and no change
+to the gradient (LLaVA feeds a zero image per text-only sample for the same reason).
 """
 
 import json
@@ -341,18 +342,11 @@ def _epoch_batches_fn(
 
 
 def _forward(engine, batch: dict[str, torch.Tensor], blank_B3HW: torch.Tensor):
-    """The model's output on `batch`; without images, its loss also holds 0 x a blank image's path (see top).
-
-    The blank image goes first: ZeRO-3 gathers parameters module by module in the order they run, so a rank
-    must meet the vision tower and the connector before the LLM, as a rank with images does, or the ranks'
-    collectives pair up wrongly (seen: gloo "Received data size doesn't match expected size")."""
+    """The model's output on `batch`; without images, with a blank stand-in image (see top, and
+    CumoModel.forward's `stand_in_image`)."""
     if "pixel_values" in batch:
         return engine(**batch)
-    features, aux = engine.module.model.get_image_features(blank_B3HW)
-    touched = features.sum() + sum(value.sum() for key, value in aux.items() if key.endswith("_loss"))
-    output = engine(**batch)
-    output.loss = output.loss + 0.0 * touched
-    return output
+    return engine(**batch, pixel_values=blank_B3HW, stand_in_image=True)
 
 
 class _MetricsLog:
