@@ -677,8 +677,9 @@ def _peak(phase: str, moments: tuple[dict, ...], cuda: bool) -> RankMemory:
 
 # --- jobs ----------------------------------------------------------------------------------------------------
 
-# Host-memory terms only the writer (rank 0) has: the others neither read checkpoints nor write shards.
-WRITER_ONLY = ("reading a module", "the copies of one shard")
+# Host-memory terms only the writer (rank 0) has: the others write no shard, and under ZeRO-3 read no
+# checkpoint either (cumo/model/weights.py `load_weights`: ZeRO-2 ranks each read their whole model).
+WRITER_ONLY = {2: ("the copies of one shard",), 3: ("reading a module", "the copies of one shard")}
 
 
 @dataclass
@@ -772,7 +773,8 @@ def plan_training(
     phases = training_phases(facts, stage, ds_config, world, device)
     device_peak = max((rank.device for rank in phases.values()), key=lambda terms: sum(terms.values()))
     host_rank = max((rank.host for rank in phases.values()), key=lambda terms: sum(terms.values()))
-    others = {name: nbytes for name, nbytes in host_rank.items() if name not in WRITER_ONLY}
+    writer_only = WRITER_ONLY[ds_config["zero_optimization"]["stage"]]
+    others = {name: nbytes for name, nbytes in host_rank.items() if name not in writer_only}
     process = CUDA_PROCESS_HOST_BYTES if device == "cuda" else CPU_PROCESS_HOST_BYTES
     host = {
         "processes (allowance)" if device == "cuda" else "processes after imports": processes_per_node
