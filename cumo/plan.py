@@ -47,8 +47,8 @@ FP32 = 4  # bytes
 CUDA_CONTEXT_BYTES = 1 * GB
 CUDA_PROCESS_HOST_BYTES = 4 * GB
 # A CPU rank's resident set after its imports (torch, DeepSpeed, transformers) and the process group: the
-# `baseline_bytes` every rank logs with CUMO_MEMORY_LOG (python -m cumo.bench memory), 0.52 GB.
-CPU_PROCESS_HOST_BYTES = int(0.52 * GB)
+# `baseline_bytes` every rank logs with CUMO_MEMORY_LOG (python -m cumo.bench memory), 0.47 GB.
+CPU_PROCESS_HOST_BYTES = int(0.47 * GB)
 # Evaluation answers with the context training used: sft's max_length bounds prompt + answer.
 EVAL_CONTEXT_TOKENS = 4096
 DEFAULT_CLUSTER = {"gpus_per_node": 8, "gpu_memory_gb": 80, "host_memory_gb": 1000}
@@ -462,10 +462,10 @@ PHASES = ("setup", "first_step", "checkpoint_save", "export")  # cumo/train/memo
 # optimizer's first-use allocations; the tokenizer and the dataset): the phases' peaks of the tiny preset
 # (0.3 M parameters) on one rank, measured as `python -m cumo.bench memory` measures.
 CPU_PHASE_OVERHEAD = {
-    "setup": 80 * 10**6,
-    "first_step": 130 * 10**6,
-    "checkpoint_save": 126 * 10**6,
-    "export": 128 * 10**6,
+    "setup": 72 * 10**6,
+    "first_step": 109 * 10**6,
+    "checkpoint_save": 106 * 10**6,
+    "export": 108 * 10**6,
 }
 
 
