@@ -200,6 +200,20 @@ def judge_server(args) -> None:
         pass
 
 
+def plan(args) -> None:
+    """The memory every training and evaluation job of a workflow config needs on its `cluster:` (per GPU, per
+    node, by term) with its verdict; exits 1 naming what to change when a job cannot fit."""
+    import yaml
+
+    from cumo.plan import Cluster, format_plan, plan_config
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    jobs = plan_config(config)
+    print(format_plan(jobs, Cluster.from_config(config.get("cluster"))))
+    if not all(job.fits for job in jobs):
+        sys.exit(1)
+
+
 def upcycle(args) -> None:
     """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
     from cumo.model.upcycle import upcycle_directory
@@ -316,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=existing_directory,
         help="pretrain of a paper preset: the LLM weights' folder (`cumo download mistral_7b_instruct_v0_2`)"
         "; default: the preset's Hub repo, fetched by the job itself",
+    )
+
+    sub = add("plan", plan)
+    sub.add_argument(
+        "config",
+        nargs="?",
+        default="config/tiny.yaml",
+        help="a workflow config (config/config.yaml: the paper; default: the tiny run's)",
     )
 
     sub = add("launch", launch)

@@ -7,6 +7,15 @@ import pytest
 
 from cumo.bench.__main__ import main
 from cumo.bench.generate import bench_generate
+from cumo.bench.memory import (
+    predicted_phases,
+    print_memory,
+    run_stage,
+    stage_overrides,
+    targets,
+    write_mixtures,
+    write_towers,
+)
 from cumo.bench.moe import bench_moe
 from cumo.bench.train_step import activated_parameters, bench_train_step, train_step_config
 
@@ -91,3 +100,56 @@ def test_bench_generate_fails_in_float32_and_reports_the_share_in_bfloat16_when_
         bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4)
     figures = bench_generate(questions=6, batch_sizes=(1, 3), max_new_tokens=4, dtype="bfloat16")
     assert figures["identical_answers"] == {"1": 1.0, "3": 0.0} and figures["dtype"] == "bfloat16"
+
+
+# An LLM-heavy scaled model of few modules: its set-up is mostly parameters, and its ZeRO-3 collectives few.
+SETUP_DIMS = (
+    dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2, image_size=28),
+    dict(hidden_size=1536, intermediate_size=5376, num_hidden_layers=3, num_attention_heads=24),
+)
+
+
+def test_two_zero3_ranks_set_up_in_at_most_0_6_of_one_ranks_memory(tmp_path):
+    """The whole model trained under ZeRO-3 (as pft and sft train it), built from the towers' files through
+    `cumo launch` on 1 and then 2 CPU ranks: each of the 2 ranks' set-up peaks at most 0.6x the one rank's (the
+    partitions halve; DeepSpeed's and the process's fixed cost does not), and the plan is within 25% of both."""
+    towers = write_towers(tmp_path, "mistral", "setup-test", SETUP_DIMS)
+    mixtures = write_mixtures(tmp_path, SETUP_DIMS[0]["image_size"])
+    overrides = stage_overrides() | {"zero": "zero3", "trainable": "vision,connector,llm"}
+    peaks = {}
+    for ranks in (1, 2):
+        log = tmp_path / f"memory-{ranks}.jsonl"
+        run_stage(
+            "cumo-mistral-7b", "pretrain", ranks, towers, mixtures, tmp_path / f"{ranks}", log, overrides
+        )
+        setup = [
+            record
+            for line in log.read_text().splitlines()
+            if (record := json.loads(line))["phase"] == "setup"
+        ]
+        assert sorted(record["rank"] for record in setup) == list(range(ranks))
+        peaks[ranks] = max(record["peak_bytes"] for record in setup)
+        _, predicted = predicted_phases("cumo-mistral-7b", "pretrain", ranks, towers, overrides)
+        assert predicted["setup"] == pytest.approx(peaks[ranks], rel=0.25), (ranks, predicted, peaks)
+    assert peaks[2] <= 0.6 * peaks[1], peaks
+
+
+def test_bench_memory_reports_issue_13s_targets_from_its_runs(capsys):
+    def run(stage, zero, ranks, phase, peak, predicted):
+        return dict(model="m", stage=stage, zero=zero, ranks=ranks, params=100, phase=phase, peak_bytes=peak,
+                    predicted_bytes=predicted)  # fmt: skip
+
+    figures = {
+        "machine": {"device": "cpu", "cpus": 2, "torch": "2", "date": "today"},
+        "command": "python -m cumo.bench memory --quick",
+        "runs": [
+            run("pft", "zero3", 2, "setup", 240, 250),
+            run("sft", "zero3_offload", 2, "setup", 300, 220),
+        ],
+    }
+    assert targets(figures) == [
+        "ZeRO-3 set-up at 2 ranks <= 2.5 bytes per parameter: missed (largest 3.00, m sft)",
+        "plan within +-25% of every measured phase: missed (predicted / measured 0.73 to 1.04)",
+    ]
+    print_memory(figures)
+    assert "| m | pft | zero3 | 2 | 0.0 M | setup | 2.40 | 2.50 | 1.04 |" in capsys.readouterr().out

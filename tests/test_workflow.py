@@ -7,6 +7,7 @@ here from the config files and config/sources.yaml, not from the workflow's own 
 
 import argparse
 import ast
+import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
@@ -22,7 +23,7 @@ import yaml
 from cumo.cli import build_parser
 from cumo.eval.benchmarks import NAMES
 from cumo.model.presets import PRESETS
-from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES
+from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES, ZERO_CONFIGS, StageConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -127,14 +128,15 @@ def test_snakefmt_check():
 # -- the DAGs --------------------------------------------------------------------------------------------
 
 
-def test_paper_dag_builds_in_under_5_seconds():
-    # CPU seconds of the whole dry run (start-up, parsing, DAG, printing): unlike wall time they do not
-    # grow when other processes share the cores. README's figure is the wall time on an idle machine.
+def test_paper_dag_builds_in_under_10_seconds():
+    # CPU seconds of the whole dry run (start-up, parsing, the memory plan, DAG, printing): unlike wall time
+    # they do not grow when other processes share the cores. The plan counts both paper models on the meta
+    # device: importing torch and transformers' model code is about 3.5 s of it.
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     jobs = dry_run(*PAPER)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    assert seconds < 5, f"snakemake --dry-run on config/config.yaml took {seconds:.1f} CPU s"
+    assert seconds < 10, f"snakemake --dry-run on config/config.yaml took {seconds:.1f} CPU s"
     assert {job["rule"] for job in jobs} >= {"download", "mixture", "train", "evaluate", "tables", "plots"}
 
 
@@ -235,6 +237,7 @@ def eval_command(target: str, *config) -> str:
 def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
     command = eval_command("results/tiny/eval/tiny-blank-images/pope/metrics.json")
     assert "--model results/tiny/models/tiny/sft " in command and "--blank-images" in command
+    assert "--shards 1 --gpus-per-shard 1 --device cpu" in command  # on CPU a shard is one process
     command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json")
     assert "--split val" in command and "--blank-images" not in command
 
@@ -255,6 +258,58 @@ def test_one_benchmark_schedules_only_its_ancestors():
     downloaded = {job["wildcards"]["source"] for job in jobs if job["rule"] == "download"}
     assert downloaded == source_closure(wanted, sources)
     assert {job["rule"] for job in jobs} == {"download", "mixture", "train", "evaluate"}
+
+
+def with_config(tmp_path, path="config/config.yaml", **sections) -> list[str]:
+    """`path`'s config with `sections` replaced, as --configfile arguments."""
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(load(path) | sections))
+    return ["--configfile", str(changed), "--replace-workflow-config"]
+
+
+def test_a_paper_run_on_40_gb_gpus_stops_before_any_job_naming_the_job_and_what_to_change(tmp_path):
+    cluster = {"gpus_per_node": 8, "gpu_memory_gb": 40, "host_memory_gb": 1000}
+    result = snakemake("--dry-run", "--forceall", *with_config(tmp_path, cluster=cluster))
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "rule " not in message and "Job stats" not in message, message
+    assert "the memory plan refuses the config" in message
+    assert "- train cumo-mixtral-8x7b pretrain: 49.9 GB per GPU > 40.0 GB" in message
+    assert (
+        "Change the config: train.recipe.pretrain.micro_batch_size: 8 (the same global batch 256, more "
+        "accumulation)" in message
+    )
+    assert "- evaluate cumo-mixtral-8x7b: 12 GPUs on one node > the node's 8" in message
+    assert "eval.shards: 2 (3 GPUs each on one node)" in message
+
+
+def test_train_and_evaluate_ask_slurm_for_the_planned_memory_and_gpus():
+    """mem_mb of every train and evaluate job is the plan's host memory per node (in MiB, Slurm's MB); an
+    evaluation's GPUs are its shards x the GPUs the plan fits the model on; the recipe's overrides reach
+    `cumo train --set`."""
+    from cumo.plan import Cluster, plan_config, slurm_mem_mb
+
+    config = load("config/config.yaml")
+    plans = {
+        (job.rule, job.wildcards["model"], job.wildcards.get("stage")): job for job in plan_config(config)
+    }
+    result = snakemake("--dry-run", "--forceall", "--printshellcmds", *PAPER)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = re.findall(
+        r"\nrule (train|evaluate):\n((?:    .*\n)+)(?:.*\n)*?Shell command: (.*)", result.stdout
+    )
+    assert len(jobs) == 2 * 3 + 2 * 13
+    cluster = Cluster.from_config(config["cluster"])
+    for rule, block, command in jobs:
+        wildcards = dict(pair.split("=") for pair in re.search(r"wildcards: (.*)", block)[1].split(", "))
+        resources = dict(pair.split("=", 1) for pair in re.search(r"resources: (.*)", block)[1].split(", "))
+        plan = plans[(rule, wildcards["model"], wildcards.get("stage"))]
+        assert int(resources["mem_mb"]) == slurm_mem_mb(plan, 1, cluster), (rule, wildcards)
+        if rule == "evaluate":
+            gpus = {"cumo-mistral-7b": 1, "cumo-mixtral-8x7b": 2}[wildcards["model"]]
+            assert plan.gpus_per_rank == gpus and resources["gres"] == f"gpu:{4 * gpus}"
+            assert f"--shards 4 --gpus-per-shard {gpus} " in command
+        else:
+            assert ("--set micro_batch_size=16 " in command) == (wildcards["stage"] == "pretrain"), command
 
 
 def test_training_commands_follow_the_config():
@@ -359,10 +414,14 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
 
 
 def test_schema_enums_are_the_packages_names():
-    schema = load("workflow/schemas/config.schema.yaml")["properties"]
-    assert tuple(schema["benchmarks"]["items"]["enum"]) == NAMES
-    presets = schema["models"]["additionalProperties"]["properties"]["preset"]["enum"]
+    schema = load("workflow/schemas/config.schema.yaml")
+    properties = schema["properties"]
+    assert tuple(properties["benchmarks"]["items"]["enum"]) == NAMES
+    presets = properties["models"]["additionalProperties"]["properties"]["preset"]["enum"]
     assert set(presets) == set(PRESETS)
+    recipe = schema["$defs"]["recipe"]["properties"]
+    assert set(recipe) == {field.name for field in dataclasses.fields(StageConfig)} - {"name"}
+    assert recipe["zero"]["enum"] == list(ZERO_CONFIGS)
     for name in ("config/config.yaml", "config/tiny.yaml"):
         assert load(name)["benchmarks"] == list(NAMES), f"{name} lists the 13 benchmarks in Table 1's order"
 
@@ -561,7 +620,9 @@ def test_default_profile_resources_name_real_rules_and_grow_with_attempt():
     resources = load("profiles/default/config.yaml")["set-resources"]
     assert set(resources) == set(rule_blocks()), "a misspelt rule name in set-resources is silently ignored"
     for rule, values in resources.items():
-        for key in ("runtime", "mem_mb"):
+        # train's and evaluate's memory is the plan's (the rules' own mem_mb), which a profile value overrides
+        assert ("mem_mb" in values) == (rule not in ("train", "evaluate")), rule
+        for key in ("runtime", "mem_mb")[: 1 + (rule not in ("train", "evaluate"))]:
             first, second = (eval(str(values[key]), {"attempt": attempt}) for attempt in (1, 2))
             assert second > first, f"{rule}: {key} does not grow with the attempt"
     assert resources["train"]["slurm_extra"] == "'--signal=TERM@300'"

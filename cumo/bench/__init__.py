@@ -10,6 +10,11 @@ train-step: one sft optimiser step (forward with the aux losses, backward, AdamW
 mid-size one (a CLIP-L-sized MoE tower, a small LLM) at batch 1 and 4: samples/s, tokens/s, achieved TFLOP/s
 (MFU on a GPU), next to the same step of the dense model.
 
+memory: every training stage of a scaled family of the paper's presets (CLIP-, Mistral- and Mixtral-like towers
+saved as Hugging Face models) through `cumo launch` on 1 and 2 CPU ranks, one step each: peak host memory per
+rank and phase (set-up, first step, checkpoint save, export) per parameter, next to the memory plan's
+prediction (cumo/plan.py).
+
 generate: evaluation's greedy answers to GQA questions of the shapes world at batch size 1 and at larger
 batches, the answers checked identical in the same run (a trained model with --model, else a random tiny one).
 """

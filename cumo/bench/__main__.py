@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cumo.bench
 from cumo.bench.generate import bench_generate, generate
+from cumo.bench.memory import bench_memory, memory
 from cumo.bench.mixture import bench_mixture, mixture
 from cumo.bench.moe import bench_moe, moe
 from cumo.bench.timing import DTYPES
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--repeats", type=int, default=1, help="timed repeats (median)")
     sub.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     sub.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+
+    sub = add(
+        "memory", memory, bench_memory, "peak host memory per rank and phase of each stage vs the memory plan"
+    )
+    sub.add_argument(
+        "--quick",
+        action="store_true",
+        help="two Mistral-like sizes and a Mixtral-like one on 1 and 2 ranks (else both at both sizes on 1, 2, 4)",
+    )
     return parser
 
 

@@ -6,9 +6,24 @@ import shlex
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from cumo.plan import Cluster, PlanError, PlanRefused, check_config, slurm_mem_mb
+
 validate(config, schema="../schemas/config.schema.yaml")
+
+# The memory plan of every training and evaluation job on the config's cluster (cumo/plan.py, `cumo plan`),
+# before anything is submitted: a job that cannot fit stops the run here, a dry run too, naming the job and
+# the config change that makes it fit. The Slurm requests below come from the same numbers.
+try:
+    PLAN = {
+        (job.rule, job.wildcards["model"], job.wildcards.get("stage")): job
+        for job in check_config(config)
+    }
+except (PlanError, PlanRefused) as error:
+    raise WorkflowError(f"the memory plan refuses the config:\n{error}") from None
+CLUSTER = Cluster.from_config(config.get("cluster"))
 
 RUN = f"results/{config['run']}"
 DATA = config["data_root"]
@@ -198,13 +213,54 @@ def train_gres(wildcards):
     return f"gpu:{train['processes_per_node']}" if train["device"] == "cuda" else None
 
 
-def eval_gres(wildcards):
-    """One GPU per shard: `cumo eval` runs shard i on GPU i."""
-    return (
-        f"gpu:{config['eval']['shards']}"
-        if config["eval"]["device"] == "cuda"
-        else None
+def recipe_flags(wildcards):
+    """`cumo train --set FIELD=VALUE` for each field of `train.recipe.<stage>` (cumo.train.stages.parse_overrides
+    reads them back)."""
+    overrides = (config["train"].get("recipe") or {}).get(wildcards.stage) or {}
+
+    def text(value):
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list):
+            return ",".join(value)
+        return "none" if value is None else str(value)
+
+    return " ".join(
+        f"--set {shlex.quote(f'{field}={text(value)}')}"
+        for field, value in overrides.items()
     )
+
+
+def train_mem_mb(wildcards, attempt):
+    return slurm_mem_mb(
+        PLAN[("train", wildcards.model, wildcards.stage)], attempt, CLUSTER
+    )
+
+
+def eval_plan(wildcards):
+    """None for a released checkpoint not yet on disk (planned once its config.json is there)."""
+    return PLAN.get(("evaluate", wildcards.model, None))
+
+
+def eval_mem_mb(wildcards, attempt):
+    return slurm_mem_mb(eval_plan(wildcards), attempt, CLUSTER)
+
+
+def gpus_per_shard(wildcards):
+    """`cumo eval --gpus-per-shard`: the config's, else the fewest GPUs the plan fits the model on (1 on CPU,
+    where it means nothing)."""
+    evaluation, plan = config["eval"], eval_plan(wildcards)
+    if evaluation["device"] != "cuda":
+        return 1
+    return evaluation.get("gpus_per_shard") or (plan.gpus_per_rank if plan else 1)
+
+
+def eval_gres(wildcards):
+    """Shards x GPUs per shard: `cumo eval` runs shard i on GPUs i*K ... i*K+K-1."""
+    evaluation = config["eval"]
+    if evaluation["device"] != "cuda":
+        return None
+    return f"gpu:{evaluation['shards'] * gpus_per_shard(wildcards)}"
 
 
 def metrics_of(bench):

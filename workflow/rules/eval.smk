@@ -16,18 +16,21 @@ rule evaluate:
         "../../envs/eval.yaml"
     resources:
         gres=eval_gres,
+        mem_mb=eval_mem_mb,
     params:
         data_root=DATA,
         out=output_dir,
         batch_size=config["eval"]["batch_size"],
         shards=config["eval"]["shards"],
+        gpus_per_shard=gpus_per_shard,
         device=config["eval"]["device"],
         dtype=config["eval"]["dtype"],
         judge=judge_flags,
         variant=eval_flags,
     shell:
         "cumo eval {wildcards.bench} --model {input.model} --data-root {params.data_root} --out {params.out}"
-        " --batch-size {params.batch_size} --shards {params.shards} --device {params.device}"
+        " --batch-size {params.batch_size} --shards {params.shards} --gpus-per-shard {params.gpus_per_shard}"
+        " --device {params.device}"
         " --dtype {params.dtype} {params.variant} {params.judge} > {log} 2>&1"
 
 

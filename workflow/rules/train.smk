@@ -24,6 +24,7 @@ rule train:
         cpus_per_task=train_cpus_per_task,
         gres=train_gres,
         mpi=train_mpi,
+        mem_mb=train_mem_mb,
     params:
         launch=launch_flags,
         preset=model_preset,
@@ -32,11 +33,12 @@ rule train:
         previous=previous_flag,
         base=base_model_flags,
         workers=config["train"]["loader_workers"],
+        recipe=recipe_flags,
     shell:
         "cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
         " --data {input.data} --data-root {params.data_root} --out {output}"
         " --checkpoints {params.checkpoints} {params.previous} {params.base} --workers {params.workers}"
-        " > {log} 2>&1"
+        " {params.recipe} > {log} 2>&1"
 
 
 rule convert_released:
