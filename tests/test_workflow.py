@@ -223,6 +223,15 @@ def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
         for bench, model in expected.items():
             command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json", *config)
             assert f" --judge-model {model} --judge-runs 1{at} >" in command
+    # The judge's settings, where the config gives them (issue 17).
+    settings = {"timeout_s": 30, "attempts": 3, "backoff_s": 1.5, "max_gave_up_share": 0.1}
+    command = eval_command(
+        "results/tiny/eval/tiny/mmvet/metrics.json", *with_judge(tmp_path, {"runs": 1} | settings)
+    )
+    assert (
+        " --judge-model gpt-4-0613 --judge-runs 1 --judge-timeout 30 --judge-attempts 3 --judge-backoff 1.5"
+        " --judge-max-gave-up 0.1 >" in command
+    )
 
 
 def eval_command(target: str, *config) -> str:
@@ -343,6 +352,14 @@ def test_a_released_checkpoint_is_converted_and_evaluated(tmp_path):
         (
             {"judge": {"models": {"gqa": "m"}, "runs": 1}},
             ["instance['judge']['models']", "'gqa' is not one of"],
+        ),
+        (  # issue 17: retried as a network blip before
+            {"judge": {"base_url": "htp//localhost:8000", "runs": 1}},
+            ["instance['judge']['base_url']", "'htp//localhost:8000' does not match"],
+        ),
+        (
+            {"judge": {"serve": "rules", "runs": 1, "max_gave_up_share": 5}},
+            ["instance['judge']['max_gave_up_share']", "5 is greater than the maximum of 1"],
         ),
         ({"train": {"device": "cpu"}}, ["instance['train']", "'processes_per_node' is a required property"]),
     ],

@@ -236,13 +236,24 @@ def eval_data(wildcards):
     )
 
 
+# Judge settings of the config -> `cumo eval` flags; unset ones keep cumo.eval.judge's defaults.
+JUDGE_SETTINGS = {
+    "timeout_s": "--judge-timeout",
+    "attempts": "--judge-attempts",
+    "backoff_s": "--judge-backoff",
+    "max_gave_up_share": "--judge-max-gave-up",
+}
+
+
 def judge_flags(wildcards):
     """`cumo eval`'s judge: the rule judge it serves itself, or the benchmark's model (`models`, else `model`,
-    else the paper's) at `base_url`."""
+    else the paper's) at `base_url`; its settings where the config gives them."""
     judge = config["judge"]
     if wildcards.bench not in JUDGED or judge is None:
         return ""  # a judged benchmark asked for without a judge: `cumo eval` says what to give
-    runs = f"--judge-runs {judge['runs']}"
+    runs = f"--judge-runs {judge['runs']}" + "".join(
+        f" {flag} {judge[key]}" for key, flag in JUDGE_SETTINGS.items() if key in judge
+    )
     if judge.get("serve"):
         return f"--judge-serve {judge['serve']} {runs}"
     model = (
