@@ -375,6 +375,34 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
         assert words in message, message
 
 
+def test_a_mixture_json_no_source_declares_stops_the_dry_run_before_any_download(tmp_path):
+    """A misspelt path passed the dry run and failed only when its mixture job ran, after the downloads."""
+    config = load("config/config.yaml")
+    config["mixtures"]["pft"]["jsons"] = ["jsons/cumo_pft_alava.json"]
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "rule download" not in message
+    assert "config mixtures.pft.jsons: 'jsons/cumo_pft_alava.json' is no file that its sources" in message
+    assert "jsons/cumo_pft_allava.json" in message  # what they do declare
+
+
+def test_conversions_are_named_after_their_source():
+    """common.smk finds a mixture JSON among a source's conversions by that name (declared_files)."""
+    for module in sorted((ROOT / "cumo" / "data" / "sources").glob("[a-z]*.py")):
+        tree = ast.parse(module.read_text())
+        converts = [
+            node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "convert"
+        ]
+        if not converts:  # it only fetches (ocr_vqa's images)
+            continue
+        (convert,) = converts
+        returned = [node.value for node in ast.walk(convert) if isinstance(node, ast.Return)]
+        keys = [key.value for value in returned if isinstance(value, ast.Dict) for key in value.keys]
+        assert keys and all(key.startswith(module.stem) for key in keys), (module.name, keys)
+
+
 def test_schema_enums_are_the_packages_names():
     schema = load("workflow/schemas/config.schema.yaml")["properties"]
     assert tuple(schema["benchmarks"]["items"]["enum"]) == NAMES
