@@ -168,3 +168,12 @@ def test_a_reply_cut_at_max_tokens_is_usable_only_where_the_benchmark_reads_it(t
         entry["finish_reason"]
         for entry in map(json.loads, map(Path.read_text, (tmp_path / "cache").rglob("*.json")))
     ] == ["length"]
+
+
+def test_a_reply_that_echoes_the_key_is_cached_without_it(tmp_path):
+    with OpenAIServer(lambda messages: f"0.5 (you sent {KEY})") as server:
+        judge = judge_at(server, tmp_path)
+        assert ask(judge) == "0.5 (you sent [key])"
+    assert not [
+        path for path in (tmp_path / "cache").rglob("*") if path.is_file() and KEY in path.read_text()
+    ]

@@ -189,6 +189,8 @@ class Judge:
             self._counts["cached"] += 1
             return reply
         response, reply, finish_reason = self._create(messages, temperature, max_tokens, what, parse)
+        for secret in self._secrets:  # a server that echoes the key in a reply does not get it onto the disk
+            reply = reply.replace(secret, "[key]")
         record = {
             "model": self.model,
             "response_model": getattr(response, "model", None),
