@@ -162,7 +162,11 @@ def test_paper_targets_one_metrics_per_model_and_benchmark():
 def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_judge():
     config = load("config/tiny.yaml")
     assert config["synthetic"] and config["train"]["device"] == "cpu"
-    assert config["judge"] == {"serve": "rules", "runs": 1}  # offline: no server, no key
+    assert config["judge"] == {
+        "serve": "rules",
+        "runs": 1,
+        "max_gave_up_share": 0.5,
+    }  # offline: no server, no key
     jobs = dry_run()
     blanked = {f"results/tiny/eval/tiny-blank-images/{bench}/metrics.json" for bench in ("gqa", "pope")}
     assert outputs(jobs, "evaluate") == blanked | {
@@ -174,7 +178,7 @@ def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_jud
     for bench in JUDGED:
         command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json")
         assert command.endswith(
-            f"--judge-serve rules --judge-runs 1 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
+            f"--judge-serve rules --judge-runs 1 --judge-max-gave-up 0.5 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
         )
     assert "--judge" not in eval_command("results/tiny/eval/tiny/gqa/metrics.json")
 
