@@ -302,7 +302,9 @@ def test_the_key_reaches_no_output_and_no_file(answered, tiny_model_dir, eval_ro
         assert "Bearer [redacted]" in last
 
 
-def test_reviews_without_scores_fail_llava_wild_with_the_counts(answered, tiny_model_dir, eval_root, tmp_path):
+def test_reviews_without_scores_fail_llava_wild_with_the_counts(
+    answered, tiny_model_dir, eval_root, tmp_path
+):
     with OpenAIServer(lambda messages: "I cannot grade this") as server:
         message, out = judged(answered, tiny_model_dir, eval_root, tmp_path, "llava_wild", server)
     assert "llava_wild: judge gpt-4-0613: skipped 42 of 42 (review without a line of two scores" in message
