@@ -172,9 +172,13 @@ def evaluate(args) -> None:
         judge_base_url=args.judge_base_url,
         judge_runs=args.judge_runs,
         judge_serve=args.judge_serve,
+        judge_timeout_s=args.judge_timeout,
+        judge_attempts=args.judge_attempts,
+        judge_backoff_s=args.judge_backoff,
+        judge_max_gave_up_share=args.judge_max_gave_up,
     )
     if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
-        print(json.dumps(run_shard(config, args.out, args.shard)))
+        print(json.dumps(run_shard(config, args.out, args.shard, args.model_digest)))
         return
     metrics = evaluate(config, args.out)
     print(
@@ -247,6 +251,9 @@ def report_plots(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cumo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (or set CUMO_DEBUG=1)"
     )
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
 
@@ -350,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
         "command", nargs=argparse.REMAINDER, help="-- train --stage ... (the cumo train command)"
     )
 
+    from cumo.eval.judge import ATTEMPTS, BACKOFF_S, MAX_GAVE_UP_SHARE, TIMEOUT_S
+
     sub = add("eval", evaluate)
     sub.add_argument("benchmark", metavar="BENCH", help="one of: " + ", ".join(BENCHMARK_NAMES))
     sub.add_argument("--model", required=True, type=existing_directory, help="model directory to evaluate")
@@ -368,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="GPUs each shard's model is placed over (a model too large for one; `cumo plan` says how many)",
     )
+    sub.add_argument(
+        "--model-digest",
+        help="with --shard: the model's digest, when known (the run passes it to its shards)",
+    )
     sub.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     sub.add_argument(
         "--dtype", choices=["float32", "bfloat16", "float16"], help="default: bf16 on cuda, fp32 on cpu"
@@ -380,6 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--judge-model", help="judge of MM-Vet, LLaVA-Wild, MathVista (paper: gpt-4-0613)")
     sub.add_argument("--judge-base-url", help="OpenAI-compatible server of the judge (default: OpenAI's)")
     sub.add_argument("--judge-runs", type=int, default=1, help="judge runs averaged (the paper: 3)")
+    sub.add_argument(
+        "--judge-timeout", type=float, default=TIMEOUT_S, help="seconds one judge request may take"
+    )
+    sub.add_argument(
+        "--judge-attempts", type=int, default=ATTEMPTS, help="tries of a judge call before the run fails"
+    )
+    sub.add_argument(
+        "--judge-backoff",
+        type=float,
+        default=BACKOFF_S,
+        help="seconds before the second try, doubled at each (a server's Retry-After comes first)",
+    )
+    sub.add_argument(
+        "--judge-max-gave-up",
+        type=float,
+        default=MAX_GAVE_UP_SHARE,
+        help="share of questions the benchmark's rules may give up on (no grade, no extraction) before it fails",
+    )
     sub.add_argument(
         "--judge-serve",
         choices=["rules"],
@@ -426,23 +457,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def own_errors() -> tuple[type[Exception], ...]:
+    """The errors cumo raises for what a user can fix (bad input, a failed download, judge or shard, too much
+    skipped); imported when one is caught, so that a step does not load the modules of another."""
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
-    from cumo.eval.benchmark import IncompletePredictions
+    from cumo.eval.evaluate import ShardFailed
+    from cumo.eval.judge import JudgeError
     from cumo.model.configuration_cumo import ConfigError
 
-    args = build_parser().parse_args(argv)
-    try:
-        args.function(args)
-    except (
+    # ValueError covers IncompletePredictions and SourceConfigError too.
+    return (
         ValueError,
         FileNotFoundError,
         ConfigError,
         DownloadError,
         TooManySkipped,
-        IncompletePredictions,
-    ) as error:
+        JudgeError,
+        ShardFailed,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one step. An error of cumo's own ends the run with one line, `cumo <step>: <what failed and how to
+    fix it>`, and exit status 1; `--debug` (or CUMO_DEBUG=1) shows its traceback instead. Any other error is a
+    bug: its traceback is shown."""
+    import os
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.function(args)
+    except Exception as error:
+        debug = args.debug or os.environ.get("CUMO_DEBUG", "") not in ("", "0")
+        if debug or not isinstance(error, own_errors()):
+            raise
         sys.exit(f"cumo {args.step}: {error}")
 
 

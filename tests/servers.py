@@ -1,7 +1,8 @@
 """Servers on 127.0.0.1 for the download tests, each in a thread on an ephemeral port, stopped on exit.
 
 - `FileServer`: plain HTTP with Range; a path can first answer error statuses, or lose its connection
-  halfway through the body once (so a client must resume).
+  halfway through the body once (so a client must resume), or be served as a hostile server does (`modes`):
+  without a length, cut, chunked, or a resume answered with other bytes than those asked for.
 - `HubServer`: the part of the Hugging Face Hub that `snapshot_download` talks to, reached through
   HF_ENDPOINT: revision info (`/api/datasets/<repo>/revision/<rev>`), the recursive tree listing with git
   and LFS hashes (`/api/datasets/<repo>/tree/<commit>`), and `resolve` URLs
@@ -96,9 +97,36 @@ class _FileHandler(_Handler):
             return self._send(404, b"not found")
         drop = path in owner.drop
         owner.drop.discard(path)
+        modes = owner.modes.get(path)
+        mode = modes.pop(0) if modes else "normal"
+        if mode != "normal":
+            return self._send_as(mode, owner.files[path])
         self._send_file(
             owner.files[path], {"Content-Type": "application/octet-stream"}, head=False, drop=drop
         )
+
+    def _send_as(self, mode: str, body: bytes):
+        """`body` answered as a hostile or unusual server does (FileServer `modes`)."""
+        if mode in ("no-length", "cut"):  # HTTP/1.0-style: the body ends when the connection closes
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body if mode == "no-length" else body[: len(body) // 2])
+            self.close_connection = True
+            return
+        if mode == "chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(body), 4096):
+                chunk = body[start : start + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        if mode in ("206-whole", "206-no-range"):  # a resume answered with the whole file
+            headers = {"Content-Range": f"bytes 0-{len(body) - 1}/{len(body)}"} if mode == "206-whole" else {}
+            return self._send(206, body, headers)
+        raise ValueError(f"unknown mode {mode!r}")
 
 
 class FileServer(_Server):
@@ -106,13 +134,23 @@ class FileServer(_Server):
 
     `drop`: paths whose first response closes the connection halfway through the body.
     `errors`: path -> HTTP statuses answered (one per request, in order) before the file is served.
+    `modes`: path -> how its first requests are answered, one per request, in order: "normal", "no-length" (the whole
+    body, no Content-Length, closed after), "cut" (the same, cut halfway), "chunked", "206-whole" (206 with
+    the whole file and its Content-Range, whatever was asked), "206-no-range" (the same, no Content-Range).
     """
 
-    def __init__(self, files: dict[str, bytes], drop=(), errors: dict[str, list[int]] | None = None):
+    def __init__(
+        self,
+        files: dict[str, bytes],
+        drop=(),
+        errors: dict[str, list[int]] | None = None,
+        modes: dict[str, list[str]] | None = None,
+    ):
         super().__init__(_FileHandler)
         self.files = files
         self.drop = set(drop)
         self.errors = {path: list(statuses) for path, statuses in (errors or {}).items()}
+        self.modes = {path: list(answers) for path, answers in (modes or {}).items()}
 
 
 def git_blob_sha1(content: bytes) -> str:

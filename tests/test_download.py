@@ -707,3 +707,104 @@ def test_every_source_module_belongs_to_a_declared_source():
     for name in modules:
         module = dl.source_module(name)
         assert hasattr(module, "fetch") or hasattr(module, "convert"), name
+
+
+# -- Complete or not taken (issue 17) -------------------------------------------------------------------------
+
+BIG = bytes(range(256)) * 4096  # 1 MiB, as in the issue
+
+
+def cumo_download(config: Path, data_root: Path, *names: str) -> str | None:
+    """`cumo download NAMES` as a user runs it: its one-line error, or None."""
+    from cumo.cli import main
+
+    try:
+        main(["download", *names, "--config", str(config), "--data-root", str(data_root)])
+    except SystemExit as stop:
+        assert "\n" not in str(stop.code)
+        return str(stop.code)
+    return None
+
+
+def web_source(tmp_path, server, sha=None, name="big.bin", extract=None) -> Path:
+    body = {
+        "page": "https://example.org/big",
+        "folder": "big",
+        "web": [{"url": f"{server.url}/{name}", "sha256": sha}],
+    }
+    return write_config(
+        tmp_path / "sources.yaml", {"big": body | ({"extract": [extract]} if extract else {})}
+    )
+
+
+def test_a_body_without_a_length_cut_short_is_not_taken_nor_offered_for_pinning(tmp_path, capsys):
+    """The issue's case: no Content-Length, the connection closed halfway, no sha256 declared. Before, the half
+    file was taken, marked done and its digest printed as the one to declare."""
+    with FileServer({"/big.bin": BIG}, modes={"/big.bin": ["cut"]}) as server:
+        config = web_source(tmp_path, server)
+        message = cumo_download(config, tmp_path / "data", "big")
+        folder = tmp_path / "data" / "big"
+        assert message.startswith(
+            f"cumo download: {server.url}/big.bin: the server sent {len(BIG) // 2} bytes"
+        )
+        assert "no length" in message and "declares no sha256 for big.bin" in message
+        assert not (folder / "big.bin").exists() and not (folder / ".big.done").exists()
+        assert (folder / "big.bin.part").stat().st_size == len(BIG) // 2
+        assert "sha256 " not in capsys.readouterr().out  # no digest offered for pinning
+        # Run again: the resume is answered with a Content-Range, which gives the size: now it is known whole.
+        assert cumo_download(config, tmp_path / "data", "big") is None
+    assert server.requested("GET", "/big.bin")[1]["Range"] == f"bytes={len(BIG) // 2}-"
+    assert (folder / "big.bin").read_bytes() == BIG
+    assert f"sha256 {sha256(BIG)}" in capsys.readouterr().out
+
+
+def test_a_body_without_a_length_is_taken_with_a_declared_digest(tmp_path):
+    with FileServer({"/big.bin": BIG}, modes={"/big.bin": ["no-length"]}) as server:
+        assert cumo_download(web_source(tmp_path, server, sha256(BIG)), tmp_path / "data", "big") is None
+    assert (tmp_path / "data" / "big" / "big.bin").read_bytes() == BIG
+
+
+def test_a_chunked_body_ends_where_it_says_and_is_taken(tmp_path):
+    with FileServer({"/big.bin": BIG}, modes={"/big.bin": ["chunked"]}) as server:
+        assert cumo_download(web_source(tmp_path, server), tmp_path / "data", "big") is None
+    assert (tmp_path / "data" / "big" / "big.bin").read_bytes() == BIG
+
+
+@pytest.mark.parametrize("answer", ["206-whole", "206-no-range"])
+def test_a_resume_answered_with_other_bytes_restarts_the_file(tmp_path, answer, monkeypatch):
+    """A resume answered 206 with the whole file: appended, it made a 1,548,576-byte file of 1,048,576."""
+    monkeypatch.setattr(dl.time, "sleep", lambda seconds: None)
+    with FileServer({"/big.bin": BIG}, drop={"/big.bin"}, modes={"/big.bin": ["normal", answer]}) as server:
+        assert cumo_download(web_source(tmp_path, server), tmp_path / "data", "big") is None
+    ranges = [headers.get("Range") for headers in server.requested("GET", "/big.bin")]
+    assert ranges == [None, f"bytes={len(BIG) // 2}-", None]  # dropped, resumed wrongly, fetched anew
+    assert (tmp_path / "data" / "big" / "big.bin").read_bytes() == BIG
+
+
+def test_a_part_already_whole_is_taken_once_the_server_confirms_its_size(tmp_path):
+    folder = tmp_path / "data" / "big"
+    folder.mkdir(parents=True)
+    (folder / "big.bin.part").write_bytes(BIG)  # killed between the last byte and the rename
+    with FileServer({"/big.bin": BIG}) as server:
+        assert cumo_download(web_source(tmp_path, server), tmp_path / "data", "big") is None
+    assert server.requested("GET", "/big.bin")[0]["Range"] == f"bytes={len(BIG)}-"  # answered 416 */size
+    assert (folder / "big.bin").read_bytes() == BIG
+
+
+def test_a_cut_archive_does_not_keep_its_name(tmp_path, capsys):
+    """A zip cut short upstream (its length as served): extraction fails, the archive is deleted, the next run
+    fetches it anew; before, every rerun failed on it until it was deleted by hand."""
+    whole = zip_bytes({"train/1.jpg": b"one" * 1000, "train/2.jpg": b"two" * 1000})
+    files = {"/shapes.zip": whole[: len(whole) * 2 // 3]}
+    extract = {"archive": "shapes.zip", "into": ".", "expect": ["train"]}
+    with FileServer(files) as server:
+        config = web_source(tmp_path, server, name="shapes.zip", extract=extract)
+        message = cumo_download(config, tmp_path / "data", "big")
+        folder = tmp_path / "data" / "big"
+        assert "shapes.zip is neither a zip nor a tar archive" in message
+        assert "it was deleted: run again to fetch it anew" in message
+        assert not (folder / "shapes.zip").exists() and not (folder / ".big.done").exists()
+        assert "sha256 " not in capsys.readouterr().out  # nothing offered to pin
+        files["/shapes.zip"] = whole  # upstream fixed
+        assert cumo_download(config, tmp_path / "data", "big") is None
+    assert (folder / "train" / "2.jpg").read_bytes() == b"two" * 1000

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from cumo.data.skips import TooManySkipped
 from cumo.eval.benchmarks import get
 from cumo.eval.benchmarks.llava_wild import parse_review, review_messages
 from cumo.eval.judge import Judge
@@ -121,7 +122,7 @@ def test_score_is_the_model_over_the_reference_per_category_averaged_over_runs(f
     assert metrics["conv"] == {"relative": 87.5, "model": 7.0, "reference": 8.0}  # 75, 87.5, 100
     assert metrics["detail"]["relative"] == 62.5  # 50, 62.5, 75
     assert metrics["complex"]["relative"] == 137.5  # 125, 137.5, 150
-    assert metrics["unparsed_reviews"] == 3
+    assert metrics["judge_gave_up"]["seen"] == 3 * 42 and metrics["judge_gave_up"]["skipped"] == 3
     assert result.n == 42
 
 
@@ -131,7 +132,13 @@ def test_reviews_that_never_score_are_an_error_not_a_number(folder, tmp_path, mo
     questions = BENCHMARK.questions(folder)
     with OpenAIServer(lambda messages: "I cannot judge this.") as server:
         judge = Judge(model="local-judge", cache_dir=tmp_path, base_url=server.base_url)
-        with pytest.raises(ValueError, match="none of the judge local-judge's 42 reviews"):
+        with pytest.raises(TooManySkipped, match=r"llava_wild: judge local-judge: skipped 42 of 42 \(review"):
+            BENCHMARK.score(folder, answered(questions, ["x"] * 42), judge=judge)
+        # even where every give-up is allowed, no review read is no number
+        judge = Judge(
+            model="local-judge", cache_dir=tmp_path, base_url=server.base_url, max_gave_up_share=1.0
+        )
+        with pytest.raises(ValueError, match="none of the judge local-judge's reviews"):
             BENCHMARK.score(folder, answered(questions, ["x"] * 42), judge=judge)
 
 

@@ -216,7 +216,13 @@ def test_score_sends_only_what_the_rules_cannot_read_to_the_judge(folder, proble
     assert result.n == len(problems) == 40
     assert result.headline == round(correct / 40 * 100, 2)
     assert result.metrics["correct"] == correct
-    assert result.metrics["extracted_by"] == {"rule": 40 - len(judged) - 1, "judge": len(judged), "empty": 1}
+    assert result.metrics["extracted_by"] == {
+        "rule": 40 - len(judged) - 1,
+        "judge": len(judged),
+        "empty": 1,
+        "no extraction": 0,
+    }
+    assert result.metrics["judge_gave_up"]["seen"] == 40 and result.metrics["judge_gave_up"]["skipped"] == 0
     floats = [planned[pid][2] for pid, p in problems.items() if p["answer_type"] == "float"]
     assert result.metrics["answer_type"]["float"]["correct"] == sum(floats)
 

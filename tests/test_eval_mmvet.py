@@ -147,7 +147,8 @@ def test_score_is_the_graders_total_per_capability_and_integration(
         "gen_rec": 100.0,
         "math_rec": 100.0,
     }
-    assert metrics["grader_gave_up"] == 2
+    assert metrics["judge_gave_up"]["seen"] == 80 and metrics["judge_gave_up"]["skipped"] == 2
+    assert [o["id"] for o in metrics["judge_gave_up"]["first"]] == ["v1_0, run 0", "v1_0, run 1"]
 
 
 def test_scoring_needs_a_judge_and_every_answer(folder, tmp_path, monkeypatch):

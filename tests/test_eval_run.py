@@ -36,7 +36,11 @@ def test_two_shard_processes_then_merge_and_score(tiny_model_dir, eval_root, tmp
     asked = gqa.questions(eval_root / gqa.folder)
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["question_id"] for p in predictions] == [q.question_id for q in asked]
-    assert sorted(p.name for p in (out / "shards").iterdir()) == ["0-of-2.jsonl", "1-of-2.jsonl"]
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "0-of-2.jsonl",
+        "1-of-2.jsonl",
+        "made_by.json",
+    ]
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["benchmark"] == "gqa" and metrics["split"] == "testdev_balanced"
@@ -47,12 +51,25 @@ def test_two_shard_processes_then_merge_and_score(tiny_model_dir, eval_root, tmp
     assert metrics["config"]["shards"] == 2 and metrics["config"]["batch_size"] == 4
     assert metrics["prompt_variant"] == "llava-1.5" and metrics["judge"] is None
     assert metrics["git_commit"] and metrics["packages"]["torch"]
+    assert metrics["answers"] == {"started_over": {}, "moved_answers": 0, "from_files": [], "resumed": 0}
+    made_by = json.loads((out / "shards" / "made_by.json").read_text())
+    assert made_by == {
+        "benchmark": "gqa",
+        "split": "testdev_balanced",
+        "model_digest": sha256_tree(tiny_model_dir),
+        "dtype": "float32",
+        "max_new_tokens": 6,
+        "blank_images": False,
+        "template": "mistral_instruct_system",
+        "prompt_format": 1,
+    }
 
     # A rerun finds every answer in place: the shard files are untouched and the numbers are the same.
     before = {p.name: p.read_text() for p in (out / "shards").iterdir()}
     main(eval_args(tiny_model_dir, eval_root, out, "--shards", "2", "--batch-size", "4"))
     assert {p.name: p.read_text() for p in (out / "shards").iterdir()} == before
-    assert json.loads((out / "metrics.json").read_text())["headline"] == metrics["headline"]
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["headline"] == metrics["headline"] and again["answers"]["resumed"] == len(asked)
 
 
 def test_blank_images_are_a_prompt_variant_of_their_own(tiny_model_dir, eval_root, tmp_path):

@@ -250,3 +250,12 @@ def test_mme_stops_with_the_registration_steps_then_takes_the_archive(sources, e
         _, record = download(["eval_mme"], data, config)
     assert files_under(data / "eval/MME") == mme
     assert list(record["sha256"]) == ["MME_Benchmark_release_version.zip"]
+
+
+def test_a_question_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    from cumo.eval.benchmarks.common import read_jsonl
+
+    path = tmp_path / "questions.jsonl"
+    path.write_bytes(b'{"question_id": 1, "text": "ok"}\n{"question_id": 2, "text": "\xe6\x97"}\n')
+    with pytest.raises(ValueError, match=rf"{path}: line 2 holds bytes that are not UTF-8 .* fetch it again"):
+        read_jsonl(path, "questions")

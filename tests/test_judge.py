@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +150,30 @@ def test_a_model_without_a_price_has_an_unknown_cost_unless_given_one(tmp_path):
             ask(judge)
     assert local.usage()["cost_usd"] is None
     assert priced.usage()["cost_usd"] == pytest.approx((11 * 1.0 + 2 * 2.0) / 1000)
+
+
+def test_a_reply_cut_at_max_tokens_is_usable_only_where_the_benchmark_reads_it(tmp_path):
+    from cumo.eval.benchmarks.mmvet import parse_grade
+    from tests.openai_server import completion
+
+    with OpenAIServer(script=lambda number, body, headers: completion("0.5 because", "length")) as server:
+        judge = judge_at(server, tmp_path, attempts=2)
+        assert (
+            judge.complete(MESSAGES, temperature=0, max_tokens=3, run=0, what="q", parse=parse_grade)
+            == "0.5 because"
+        )
+        with pytest.raises(JudgeError, match="a reply cut at max_tokens that reads as no answer"):
+            ask(judge, run=1)  # no reader: a cut reply is not known to hold an answer
+    assert [
+        entry["finish_reason"]
+        for entry in map(json.loads, map(Path.read_text, (tmp_path / "cache").rglob("*.json")))
+    ] == ["length"]
+
+
+def test_a_reply_that_echoes_the_key_is_cached_without_it(tmp_path):
+    with OpenAIServer(lambda messages: f"0.5 (you sent {KEY})") as server:
+        judge = judge_at(server, tmp_path)
+        assert ask(judge) == "0.5 (you sent [key])"
+    assert not [
+        path for path in (tmp_path / "cache").rglob("*") if path.is_file() and KEY in path.read_text()
+    ]

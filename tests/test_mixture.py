@@ -300,3 +300,47 @@ def test_open_mixture_refuses_other_columns(tmp_path):
         writer.finalize()
     with pytest.raises(ValueError, match="Rebuild it with `cumo mixture build`"):
         open_mixture(path)
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 22])  # decoded far ahead of the entries, or within one
+def test_bytes_that_are_not_utf8_name_the_file_and_entry(tmp_path, monkeypatch, chunk):
+    """Before: `'utf-8' codec can't decode byte ...` with neither file nor entry (issue 17)."""
+    monkeypatch.setattr(mixture_store, "CHUNK_CHARS", chunk)
+    entries = [entry(f"e{i}", turns=("What is it?", f"Answer {i}.")) for i in range(50)]
+    text = json.dumps(entries, indent=1).encode()
+    cut = text.index(b"Answer 31.")
+    path = tmp_path / "m.json"
+    path.write_bytes(text[:cut] + b"\xe6\x97" + text[cut:])  # half of a 3-byte character
+    with pytest.raises(MalformedMixture, match=rf"{path}: entry #31 holds bytes that are not UTF-8") as error:
+        list(iter_json_array(path))
+    line = 1 + text[:cut].count(b"\n")
+    assert f"at byte {cut}, line {line}: " in str(error.value) and "download it again" in str(error.value)
+
+
+def test_the_cli_names_a_file_that_is_not_utf8_in_one_line(tmp_path):
+    from cumo.cli import main
+
+    (tmp_path / "data").mkdir()
+    path = tmp_path / "m.json"
+    path.write_bytes(json.dumps([entry("a")]).encode().replace(b"A cat.", b"A c\xff."))
+    with pytest.raises(SystemExit) as stop:
+        main(["mixture", str(path), "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "m.arrow"),
+              "--stats", str(tmp_path / "m.stats.json")])  # fmt: skip
+    assert str(stop.value.code).startswith(f"cumo mixture: {path}: entry #0 holds bytes that are not UTF-8")
+    assert "\n" not in str(stop.value.code)
+
+
+def test_verify_images_decodes_every_pixel(tmp_path):
+    """A JPEG cut at 90% passes PIL's verify(); decoding it fails: a counted drop, not a crash in training."""
+    data = tmp_path / "data"
+    (data / "coco").mkdir(parents=True)
+    Image.effect_noise((256, 256), 64).convert("RGB").save(data / "coco" / "whole.jpg", quality=95)
+    jpeg = (data / "coco" / "whole.jpg").read_bytes()
+    (data / "coco" / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 9 // 10])
+    with Image.open(data / "coco" / "cut.jpg") as image:
+        image.verify()  # what was checked before, and passes
+    entries = [entry("w", "coco/whole.jpg"), entry("c", "coco/cut.jpg")]
+    stats, out = build(tmp_path, entries, verify_images=True, max_skipped_share=0.5)
+    assert open_mixture(out)["id"] == ["w"]
+    assert stats["skipped"]["by_reason"] == {UNDECODABLE_IMAGE: 1}
+    assert stats["skipped"]["first"][0]["detail"].startswith("coco/cut.jpg: OSError: image file is truncated")

@@ -109,6 +109,18 @@ def test_a_judge_other_than_the_papers_is_noted(eval_dir):
     ]
 
 
+def test_what_a_judged_benchmark_gave_up_on_is_noted(tmp_path):
+    path = write_metrics(tmp_path, "tiny", "mmvet", 40.0, judge="gpt-4-0613")
+    record = json.loads(path.read_text())
+    gave_up = {"seen": 80, "skipped": 3, "by_reason": {"no score in 5 replies (scored 0.0, as upstream)": 3}}
+    path.write_text(json.dumps(record | {"metrics": {"judge_gave_up": gave_up}}))
+    write_metrics(tmp_path, "tiny", "mathvista", 30.0, judge="gpt-3.5-turbo")  # none given up: no note
+    table = build_table(tmp_path, load_paper(PAPER), ["tiny"], ["mmvet", "mathvista"])
+    assert [note for note in table.notes if "gave up" in note] == [
+        "MM-Vet (tiny): the judge's rules gave up on 3 of 80 (no score in 5 replies (scored 0.0, as upstream): 3)."
+    ]
+
+
 def test_what_the_images_give_is_noted(tmp_path):
     """A blank-images run is set against the run of the same weights with images, per benchmark both have."""
     for bench, with_images, blank, n in (

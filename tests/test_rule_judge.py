@@ -204,7 +204,7 @@ def test_llava_wild_of_the_world_scores_the_reference_as_itself(eval_root, tmp_p
         return [json.loads(line)["text"] for line in (folder / "answers_gpt4.jsonl").read_text().splitlines()]
 
     right, _ = score_with_rules(eval_root, "llava_wild", references, tmp_path / "a")
-    assert right.headline == 100.0 and right.metrics["unparsed_reviews"] == 0
+    assert right.headline == 100.0 and right.metrics["judge_gave_up"]["skipped"] == 0
     wrong, _ = score_with_rules(eval_root, "llava_wild", lambda f, qs: ["zebra"] * len(qs), tmp_path / "b")
     assert wrong.headline == 10.0  # 1 of the reference's 10, every question
 
@@ -234,8 +234,25 @@ def test_cumo_eval_scores_a_judged_benchmark_with_the_served_rule_judge(
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # the served judge needs no key
     out = tmp_path / name
     args = ["eval", name, "--model", str(tiny_model_dir), "--data-root", str(eval_root.parent)]
-    main([*args, "--out", str(out), "--max-new-tokens", "4", "--judge-serve", "rules", "--judge-runs", "2"])
+    # The untrained model's MathVista answers are no numbers or options the rules could read: all given up on.
+    allowed = ["--judge-max-gave-up", "1"] if name == "mathvista" else []
+    main(
+        [
+            *args,
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "4",
+            "--judge-serve",
+            "rules",
+            "--judge-runs",
+            "2",
+            *allowed,
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
+    gave_up = metrics["metrics"]["judge_gave_up"]
+    assert gave_up["seen"] == (40 if name == "mathvista" else 80 if name == "mmvet" else 84)
     assert metrics["judge"]["model"] == "cumo-rules" and metrics["config"]["judge_serve"] == "rules"
     usage = metrics["judge"]["usage"]
     assert usage["cost_usd"] == 0.0 and usage["retries"] == 0
@@ -244,7 +261,12 @@ def test_cumo_eval_scores_a_judged_benchmark_with_the_served_rule_judge(
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     with JudgeServer(rule_judge.reply) as server:
         judge = Judge(
-            rule_judge.MODEL, tmp_path / "again", base_url=server.base_url, runs=2, api_key_env=None
+            rule_judge.MODEL,
+            tmp_path / "again",
+            base_url=server.base_url,
+            runs=2,
+            api_key_env=None,
+            max_gave_up_share=1.0 if name == "mathvista" else 0.05,
         )
         again = benchmark.score(eval_root / benchmark.folder, predictions, judge=judge)
     assert metrics["headline"]["value"] == again.headline

@@ -164,7 +164,11 @@ def test_paper_targets_one_metrics_per_model_and_benchmark():
 def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_judge():
     config = load("config/tiny.yaml")
     assert config["synthetic"] and config["train"]["device"] == "cpu"
-    assert config["judge"] == {"serve": "rules", "runs": 1}  # offline: no server, no key
+    assert config["judge"] == {
+        "serve": "rules",
+        "runs": 1,
+        "max_gave_up_share": 0.5,
+    }  # offline: no server, no key
     jobs = dry_run()
     blanked = {f"results/tiny/eval/tiny-blank-images/{bench}/metrics.json" for bench in ("gqa", "pope")}
     assert outputs(jobs, "evaluate") == blanked | {
@@ -176,7 +180,7 @@ def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_jud
     for bench in JUDGED:
         command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json")
         assert command.endswith(
-            f"--judge-serve rules --judge-runs 1 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
+            f"--judge-serve rules --judge-runs 1 --judge-max-gave-up 0.5 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
         )
     assert "--judge" not in eval_command("results/tiny/eval/tiny/gqa/metrics.json")
 
@@ -225,6 +229,15 @@ def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
         for bench, model in expected.items():
             command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json", *config)
             assert f" --judge-model {model} --judge-runs 1{at} >" in command
+    # The judge's settings, where the config gives them (issue 17).
+    settings = {"timeout_s": 30, "attempts": 3, "backoff_s": 1.5, "max_gave_up_share": 0.1}
+    command = eval_command(
+        "results/tiny/eval/tiny/mmvet/metrics.json", *with_judge(tmp_path, {"runs": 1} | settings)
+    )
+    assert (
+        " --judge-model gpt-4-0613 --judge-runs 1 --judge-timeout 30 --judge-attempts 3 --judge-backoff 1.5"
+        " --judge-max-gave-up 0.1 >" in command
+    )
 
 
 def eval_command(target: str, *config) -> str:
@@ -399,6 +412,14 @@ def test_a_released_checkpoint_is_converted_and_evaluated(tmp_path):
             {"judge": {"models": {"gqa": "m"}, "runs": 1}},
             ["instance['judge']['models']", "'gqa' is not one of"],
         ),
+        (  # issue 17: retried as a network blip before
+            {"judge": {"base_url": "htp//localhost:8000", "runs": 1}},
+            ["instance['judge']['base_url']", "'htp//localhost:8000' does not match"],
+        ),
+        (
+            {"judge": {"serve": "rules", "runs": 1, "max_gave_up_share": 5}},
+            ["instance['judge']['max_gave_up_share']", "5 is greater than the maximum of 1"],
+        ),
         ({"train": {"device": "cpu"}}, ["instance['train']", "'processes_per_node' is a required property"]),
     ],
 )
@@ -411,6 +432,34 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
     assert "Error validating config file" in message, message
     for words in named:
         assert words in message, message
+
+
+def test_a_mixture_json_no_source_declares_stops_the_dry_run_before_any_download(tmp_path):
+    """A misspelt path passed the dry run and failed only when its mixture job ran, after the downloads."""
+    config = load("config/config.yaml")
+    config["mixtures"]["pft"]["jsons"] = ["jsons/cumo_pft_alava.json"]
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake("--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    message = result.stdout + result.stderr
+    assert result.returncode != 0 and "rule download" not in message
+    assert "config mixtures.pft.jsons: 'jsons/cumo_pft_alava.json' is no file that its sources" in message
+    assert "jsons/cumo_pft_allava.json" in message  # what they do declare
+
+
+def test_conversions_are_named_after_their_source():
+    """common.smk finds a mixture JSON among a source's conversions by that name (declared_files)."""
+    for module in sorted((ROOT / "cumo" / "data" / "sources").glob("[a-z]*.py")):
+        tree = ast.parse(module.read_text())
+        converts = [
+            node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "convert"
+        ]
+        if not converts:  # it only fetches (ocr_vqa's images)
+            continue
+        (convert,) = converts
+        returned = [node.value for node in ast.walk(convert) if isinstance(node, ast.Return)]
+        keys = [key.value for value in returned if isinstance(value, ast.Dict) for key in value.keys]
+        assert keys and all(key.startswith(module.stem) for key in keys), (module.name, keys)
 
 
 def test_schema_enums_are_the_packages_names():

@@ -125,6 +125,10 @@ class SupervisedDataset(Dataset):
         self.skips = SkipCounter(
             f"training samples ({template}, max {max_length} tokens)", max_share=max_share
         )
+        # Entries found unusable, passed over without counting them again: a walk to a replacement crosses
+        # entries an earlier walk judged (5 bad entries were counted 9 times, issue 17). Per process: each
+        # DataLoader worker holds its own dataset.
+        self._unusable: dict[int, None] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -143,11 +147,15 @@ class SupervisedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         for offset in range(len(self)):
-            entry = self.entries[(index + offset) % len(self)]
+            position = (index + offset) % len(self)
+            if position in self._unusable:
+                continue
+            entry = self.entries[position]
             self.skips.see()
             try:
                 return self._sample(entry)
             except SkipSample as skip:
+                self._unusable[position] = None
                 self._count(skip.reason, entry.get("id"), skip.detail)
         raise TooManySkipped(f"{self.skips.summary()}: no entry of the dataset can be used")
 

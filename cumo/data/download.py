@@ -10,7 +10,11 @@ URL in a metadata file) has a module in `cumo/data/sources/`. This module is the
   at that commit. A model repo lands as a plain directory that `from_pretrained` reads without network, so
   a training job on a compute node only needs `source_folder` (its marker must exist).
 - HTTPS files with resume (`Range`), retries with exponential back-off and a sha256 check where the
-  digest is declared; where it is not, the computed digest is printed and recorded so it can be declared.
+  digest is declared. A file is taken only when known whole: its length as the server gave it
+  (Content-Length, Content-Range, a chunked body's end), or its declared digest; a body that just stops
+  with the connection, with neither, is refused (issue 17). Where no digest is declared, the computed one is
+  printed and recorded so it can be declared, once the source's files passed every check.
+- An archive that cannot be read to its end loses its name: fetched, it is deleted to be fetched anew.
 - Files behind a registration are placed by hand; a source missing one stops before fetching anything,
   saying where to get it, where to put it and what it will be checked against.
 - Archives (zip, tar, tar.gz) are checked member by member before anything is written: a member that
@@ -24,11 +28,13 @@ whole and verified, so an interrupted run resumes where it stopped.
 
 import fcntl
 import fnmatch
+import gzip
 import hashlib
 import http.client
 import importlib
 import importlib.util
 import json
+import lzma
 import os
 import posixpath
 import re
@@ -38,6 +44,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -83,6 +90,10 @@ class ManualStepNeeded(DownloadError):
 
 class UnsafeArchiveError(DownloadError):
     """An archive member would be written outside the target folder; nothing was extracted."""
+
+
+class CorruptArchive(DownloadError):
+    """An archive that cannot be read to its end (cut short, or not an archive at all)."""
 
 
 # -- Declarations --------------------------------------------------------------------------------------------
@@ -298,15 +309,41 @@ def _write_atomic(path: Path, text: str) -> None:
 _TRANSIENT = (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException)
 
 
-def _get(url: str, partial: Path, timeout_s: float) -> None:
-    """One request: append to `partial` from where it stops (Range), raise if the body comes short."""
+CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
+
+
+class _Restart(ConnectionError):
+    """The server answered a resumed request with other bytes than those asked for: the part already fetched
+    is deleted and the file fetched from its start (a transient error, so it counts as a try)."""
+
+
+def _content_range(response_headers) -> tuple[int | None, int | None]:
+    """(first byte, whole size) of a Content-Range header ("bytes 100-199/1000", "bytes */1000"); None
+    where it does not say."""
+    match = CONTENT_RANGE.fullmatch((response_headers.get("Content-Range") or "").strip())
+    if match is None:
+        return None, None
+    first, _, size = match.groups()
+    return (int(first) if first else None), (int(size) if size != "*" else None)
+
+
+def _get(url: str, partial: Path, timeout_s: float) -> int | None:
+    """One request: append to `partial` from where it stops (Range), raise if the body comes short. Returns
+    the whole file's size where the server said it (Content-Length, Content-Range, or a chunked body, which
+    ends with a chunk of its own), else None: a body that ends when the connection closes may be cut."""
     offset = partial.stat().st_size if partial.exists() else 0
     headers = {"User-Agent": "cumo-download", **({"Range": f"bytes={offset}-"} if offset else {})}
     try:
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # the range starts at the end: the file is already whole
-            return
+        if error.code == 416 and offset:  # the range starts at the end: whole, if the size says so
+            _, size = _content_range(error.headers)
+            if size == offset:
+                return size
+            partial.unlink()
+            raise _Restart(
+                f"{partial.name} holds {offset} bytes, but the server's file has {size if size is not None else 'an unknown number of'}"
+            ) from error
         if error.code in (408, 429) or error.code >= 500:
             raise
         raise DownloadError(
@@ -317,6 +354,20 @@ def _get(url: str, partial: Path, timeout_s: float) -> None:
         resumed = offset > 0 and response.status == 206  # a 200 means the server ignored the range
         length = response.headers.get("Content-Length")
         expected = int(length) if length is not None else None
+        size = expected
+        if resumed:
+            # RFC 9110 14.4: the 206 says which bytes it holds; others than those asked for restart the file.
+            first, size = _content_range(response.headers)
+            if first != offset:
+                partial.unlink()
+                raise _Restart(
+                    f"asked for bytes from {offset}, the server sent "
+                    f"{'Content-Range ' + repr(response.headers.get('Content-Range')) if first is not None else 'no Content-Range'}"
+                )
+        elif response.status == 206:
+            first, size = _content_range(response.headers)
+        if size is None and "chunked" in (response.headers.get("Transfer-Encoding") or "").lower():
+            size = -1  # known once read: http.client raises on a chunked body cut short
         received = 0
         with (
             open(partial, "ab" if resumed else "wb") as out,
@@ -338,6 +389,7 @@ def _get(url: str, partial: Path, timeout_s: float) -> None:
         # http.client returns what it got when the peer closes early instead of raising.
         if expected is not None and received < expected:
             raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+    return partial.stat().st_size if size == -1 else size
 
 
 def fetch_url(
@@ -352,8 +404,11 @@ def fetch_url(
     """Download `url` to `dest` and return its sha256.
 
     The bytes go to `dest.part`, resumed with a Range request after a dropped connection (up to `attempts`
-    tries, waiting `backoff_s`, 2x, 4x ... in between), and `dest` appears only when whole and, if `sha256`
-    is given, matching it. A `dest` already there is kept when it matches (or when no digest is known).
+    tries, waiting `backoff_s`, 2x, 4x ... in between), and `dest` appears only when whole: its length is
+    the one the server said (Content-Length, Content-Range), or it matches `sha256`. A body that ends when the
+    connection closes, with no length, is taken only with a declared `sha256` (issue 17: a cut one looked
+    whole); a resumed answer whose Content-Range does not start where the part stops restarts the file. A
+    `dest` already there is kept when it matches (or when no digest is known: it got its name only whole).
     """
     dest = Path(dest)
     if dest.is_file():
@@ -365,7 +420,7 @@ def fetch_url(
     partial = dest.with_name(dest.name + ".part")
     for attempt in range(1, attempts + 1):
         try:
-            _get(url, partial, timeout_s)
+            size = _get(url, partial, timeout_s)
             break
         except _TRANSIENT as error:
             if attempt == attempts:
@@ -376,6 +431,20 @@ def fetch_url(
             delay = backoff_s * 2 ** (attempt - 1)
             tqdm.write(f"{url}: {error}; try {attempt + 1} of {attempts} in {delay:.0f} s")
             time.sleep(delay)
+    got = partial.stat().st_size
+    if size is not None and got != size:
+        partial.unlink()
+        raise DownloadError(
+            f"{url}: {got} bytes arrived, but the server gave the file's size as {size}; the download was deleted. "
+            "Run again."
+        )
+    if size is None and sha256 is None:
+        raise DownloadError(
+            f"{url}: the server sent {got} bytes with no length (no Content-Length, not chunked), so a body cut "
+            f"short cannot be told from a whole one, and config/sources.yaml declares no sha256 for {dest.name}. "
+            f"The bytes are kept in {partial}, not taken: declare the file's sha256 (from the dataset's page) and "
+            "run again, or run again for a server that gives the size this time (its answer to the resume)."
+        )
     digest = file_digests(partial)[0]
     if sha256 is not None and digest != sha256:
         partial.unlink()
@@ -580,8 +649,25 @@ def extract_archive(archive: Path, into: Path, *, flatten: bool = False, only: t
     """Extract a zip or tar (.tar, .tar.gz, ...) archive into `into` and return the number of files.
 
     Every member is checked before the first is written. `flatten` keeps only the members' file names;
-    `only` (fnmatch patterns over member paths) extracts just the members that match one.
+    `only` (fnmatch patterns over member paths) extracts just the members that match one. An archive that
+    cannot be read to its end raises `CorruptArchive`.
     """
+    try:
+        return _extract(archive, into, flatten, only)
+    except (
+        zipfile.BadZipFile,
+        tarfile.ReadError,
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+        gzip.BadGzipFile,
+    ) as error:
+        raise CorruptArchive(
+            f"{archive} cannot be read to its end ({type(error).__name__}: {error})"
+        ) from error
+
+
+def _extract(archive: Path, into: Path, flatten: bool, only: tuple[str, ...]) -> int:
 
     def wanted(name: str) -> bool:
         return not only or any(fnmatch.fnmatch(name, pattern) for pattern in only)
@@ -626,8 +712,8 @@ def extract_archive(archive: Path, into: Path, *, flatten: bool = False, only: t
                 filter="data",
             )
         return len(files)
-    raise DownloadError(
-        f"{archive} is neither a zip nor a tar archive (an error page saved as a file?): delete it and run again"
+    raise CorruptArchive(
+        f"{archive} is neither a zip nor a tar archive (cut short, or an error page saved as a file?)"
     )
 
 
@@ -705,10 +791,6 @@ def download_source(source: Source, data_root: str | Path) -> dict:
         hub = [fetch_hub(repo, folder / repo.into) for repo in source.hub]
         for item in source.web:
             files[item.file] = fetch_url(item.url, folder / item.file, item.sha256)
-        declared = {item.file: item.sha256 for item in (*source.web, *source.manual)}
-        for name, digest in files.items():
-            if declared[name] is None:
-                _announce_unknown(folder / name, digest)
         extracted = {}
         for step in source.extract:
             archives = sorted(folder.glob(step.archive))
@@ -718,9 +800,20 @@ def download_source(source: Source, data_root: str | Path) -> dict:
                     "fix extract in config/sources.yaml"
                 )
             for archive in archives:
-                extracted[archive.relative_to(folder).as_posix()] = extract_archive(
-                    archive, folder / step.into, flatten=step.flatten, only=step.only
-                )
+                name = archive.relative_to(folder).as_posix()
+                try:
+                    extracted[name] = extract_archive(
+                        archive, folder / step.into, flatten=step.flatten, only=step.only
+                    )
+                except CorruptArchive as error:
+                    # A file that fails a check does not keep its final name (issue 17): a fetched one is
+                    # fetched again by the next run; one placed by hand is the user's to replace.
+                    if name in {item.file for item in source.web}:
+                        archive.unlink()
+                        raise CorruptArchive(
+                            f"{error}; it was deleted: run again to fetch it anew"
+                        ) from error
+                    raise CorruptArchive(f"{error}; replace it with a whole copy and run again") from error
             for path in step.expect:
                 if not (folder / path).exists():
                     raise DownloadError(
@@ -728,6 +821,11 @@ def download_source(source: Source, data_root: str | Path) -> dict:
                         "CuMo's JSONs refer to: the archive's layout differs. Look inside it and fix extract "
                         f"of {source.name} in config/sources.yaml."
                     )
+        # Digests to declare are offered once the files passed every check, extraction included.
+        declared = {item.file: item.sha256 for item in (*source.web, *source.manual)}
+        for name, digest in files.items():
+            if declared[name] is None:
+                _announce_unknown(folder / name, digest)
         record = {
             "source": source.name,
             "page": source.page,

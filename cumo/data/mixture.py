@@ -18,7 +18,8 @@ Each entry is checked (`entry_problem`, then its image) and dropped, counted by 
 the schema (an `id`; an optional relative `image` path; `conversations` a non-empty list of {"from",
 "value"} strings alternating human/gpt, human first), the `<image>` placement (exactly one, in the first
 turn, when there is an image; none otherwise), the image's folder and file under the data root, optionally
-its decoding (`verify_images`), and repetition. Past `max_skipped_share` of the entries (0.1% by default)
+its decoding (`verify_images`: every pixel, once per image, in one process per CPU; the workflow's mixture
+rule always does it), and repetition. Past `max_skipped_share` of the entries (0.1% by default)
 the build fails with the first offenders. LLaVA-665K is known to miss 355 OCR-VQA images whose downloads
 fail: they are counted "missing image" drops (0.05% of it), not a crash.
 
@@ -110,11 +111,12 @@ def under_data_root(image: str | None, image_folder: str) -> str | None:
 
 
 def image_problem(path: str) -> str | None:
-    """Why PIL cannot open and verify the image file at `path`, or None. `verify` checks the header and, for
-    PNG, the checksums, without decoding the pixels, so a truncated JPEG body still passes."""
+    """Why PIL cannot decode the image file at `path`, or None. The pixels are decoded, as training will
+    (cumo.data.dataset loads them): PIL's `verify` reads the header and, for PNG, the checksums only, and a
+    JPEG cut at 90% passes it (issue 17)."""
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()
     except Exception as error:  # PIL signals a bad file with many types (OSError, SyntaxError, ValueError...)
         return f"{type(error).__name__}: {error}"
     return None
@@ -237,8 +239,8 @@ def build_mixture(
 
     `image_folder`: where the images of the inputs lie, relative to `data_root` ("" for CuMo's pft and sft
     files, "llava/llava_pretrain/images" for the pretrain one); rows carry paths relative to `data_root`.
-    `reference`: the published mixture to put the built composition next to. `verify_images`: also open and
-    verify every image with PIL, in one process per CPU. Raises `TooManySkipped`, after writing `stats` and
+    `reference`: the published mixture to put the built composition next to. `verify_images`: also decode
+    every image with PIL, once each, in one process per CPU. Raises `TooManySkipped`, after writing `stats` and
     leaving no `out`, when more than `max_skipped_share` of the entries are dropped; `MalformedMixture` when
     a file is not a JSON array of entries. Returns the stats."""
     inputs, out, stats, data_root = [Path(p) for p in inputs], Path(out), Path(stats), Path(data_root)

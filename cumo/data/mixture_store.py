@@ -23,6 +23,8 @@ instead of each parsing and holding 1.65M entries. Columns, the contract with th
                                  a text-only entry
 """
 
+import codecs
+import io
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -79,31 +81,91 @@ class _Window:
 
 def iter_json_array(path: Path) -> Iterator:
     """The entries of the JSON array in `path`, one at a time. Raises `MalformedMixture` (file, entry index,
-    position, what is wrong) where the file is not one JSON array, e.g. a truncated download."""
-    decoder = json.JSONDecoder()
+    position, what is wrong) where the file is not one JSON array, e.g. a truncated download, or holds bytes
+    that are not UTF-8."""
     with open(path, encoding="utf-8-sig") as file:  # -sig: a byte-order mark is skipped
-        window = _Window(file)
-        if window.next_char() != "[":
+        try:
+            yield from _entries(file, path)
+        except UnicodeDecodeError as error:
+            # The text is decoded a chunk ahead of the entries, so the error says neither where nor in which
+            # entry: both are found again from the bytes (issue 17).
+            offset, line = _first_undecodable(path)
             raise MalformedMixture(
-                f"{path}: not a JSON array (starts with {window.text[window.pos : window.pos + 20]!r}); a "
-                "mixture is a JSON list of LLaVA entries. Check that the right file was downloaded."
+                f"{path}: entry #{_entries_before(path, offset)} holds bytes that are not UTF-8 ({error.reason}) "
+                f"at byte {offset}, line {line}: the file is corrupted or in another encoding; download it again"
+            ) from None
+
+
+def _entries(file, path: Path) -> Iterator:
+    decoder = json.JSONDecoder()
+    window = _Window(file)
+    if window.next_char() != "[":
+        raise MalformedMixture(
+            f"{path}: not a JSON array (starts with {window.text[window.pos : window.pos + 20]!r}); a "
+            "mixture is a JSON list of LLaVA entries. Check that the right file was downloaded."
+        )
+    window.pos += 1
+    index, separator = 0, "]" if window.next_char() == "]" else ","
+    if separator == "]":
+        window.pos += 1
+    while separator == ",":
+        yield _decode_entry(window, decoder, path, index)
+        index += 1
+        separator = window.next_char()
+        if separator not in (",", "]"):
+            raise MalformedMixture(
+                f"{path}: expected ',' or ']' after entry #{index - 1}, found {separator or 'the end of the file'!r} "
+                f"at {window.where(window.pos)}. A truncated download ends like this: download the file again."
             )
         window.pos += 1
-        index, separator = 0, "]" if window.next_char() == "]" else ","
-        if separator == "]":
-            window.pos += 1
-        while separator == ",":
-            yield _decode_entry(window, decoder, path, index)
-            index += 1
-            separator = window.next_char()
-            if separator not in (",", "]"):
-                raise MalformedMixture(
-                    f"{path}: expected ',' or ']' after entry #{index - 1}, found {separator or 'the end of the file'!r} "
-                    f"at {window.where(window.pos)}. A truncated download ends like this: download the file again."
-                )
-            window.pos += 1
-        if window.next_char():
-            raise MalformedMixture(f"{path}: text after the closing ']' at {window.where(window.pos)}")
+    if window.next_char():
+        raise MalformedMixture(f"{path}: text after the closing ']' at {window.where(window.pos)}")
+
+
+def _first_undecodable(path: Path) -> tuple[int, int]:
+    """(byte offset, line) of the first bytes in `path` that are not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            pending = len(decoder.getstate()[0])  # the bytes of a character cut by the previous block
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as error:
+                at = offset - pending + error.start
+                return at, line + block[: max(0, at - offset)].count(b"\n")
+            offset += len(block)
+            line += block.count(b"\n")
+    raise AssertionError(f"{path}: no bytes that are not UTF-8 found again")
+
+
+class _Prefix(io.RawIOBase):
+    """The first `size` bytes of a binary file, as a file."""
+
+    def __init__(self, file, size: int):
+        self.file, self.left = file, size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.file.read(min(len(buffer), self.left))
+        buffer[: len(data)] = data
+        self.left -= len(data)
+        return len(data)
+
+
+def _entries_before(path: Path, offset: int) -> int:
+    """How many whole entries the file holds before byte `offset`."""
+    count = 0
+    with open(path, "rb") as file:
+        text = io.TextIOWrapper(io.BufferedReader(_Prefix(file, offset)), encoding="utf-8-sig")
+        try:
+            for _ in _entries(text, path):
+                count += 1
+        except MalformedMixture:  # the prefix ends inside the entry the bytes are in
+            pass
+    return count
 
 
 def _decode_entry(window: _Window, decoder: json.JSONDecoder, path: Path, index: int):

@@ -17,6 +17,7 @@ class SkipCounter:
     what: str  # what is counted, for messages: "mixture cumo_vit_1649K.json", "tokenisation"
     max_share: float = 0.001  # fail when skipped / seen exceeds this
     keep: int = 20  # offenders remembered
+    fix: str = "Fix or remove these entries, or raise the allowed share if the loss is known and accepted."
     seen: int = 0
     by_reason: Counter = field(default_factory=Counter)
     first: list = field(default_factory=list)
@@ -55,8 +56,9 @@ class SkipCounter:
     def check(self) -> None:
         """Raise `TooManySkipped` when more than `max_share` of what was seen was skipped."""
         if self.seen and self.skipped / self.seen > self.max_share:
-            offenders = "\n".join(f"  {o['id']}: {o['reason']} {o['detail']}".rstrip() for o in self.first)
+            # One line, as `cumo` prints its errors: what, the fix, then the first offenders.
+            offenders = "; ".join(f"{o['id']}: {o['reason']} {o['detail']}".rstrip() for o in self.first)
             raise TooManySkipped(
-                f"{self.summary()}, more than the allowed {self.max_share:.2%}. First offenders:\n{offenders}\n"
-                "Fix or remove these entries, or raise the allowed share if the loss is known and accepted."
+                f"{self.summary()}, more than the allowed {self.max_share:.2%}. {self.fix} First offenders: "
+                f"{offenders}"
             )

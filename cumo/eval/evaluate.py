@@ -1,6 +1,7 @@
 """`cumo eval <bench>`: one benchmark on one model, from its question files to `metrics.json`.
 
     out/shards/<i>-of-<n>.jsonl   each shard's answers, appended as they come (resumable)
+    out/shards/made_by.json       what made them (model digest, dtype, split, ...): other answers are not resumed
     out/predictions.jsonl         all answers in question order, once every question has exactly one
     out/metrics.json              the benchmark's numbers, with what made them (EvalConfig, model digest, commit)
     out/submission/...            the files an evaluation server scores (VQAv2, MMBench test), where it does
@@ -19,6 +20,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,7 +31,19 @@ import torch
 
 from cumo.eval.benchmark import Benchmark, question_key
 from cumo.eval.benchmarks import NAMES, get
-from cumo.eval.generate import generate_shard, load_model, merge, shard_questions
+from cumo.eval.generate import (
+    PROMPT_FORMAT,
+    check_made_by,
+    generate_shard,
+    load_model,
+    merge,
+    prepare_shards,
+    read_predictions,
+    shard_path,
+    shard_questions,
+)
+from cumo.eval.judge import ATTEMPTS, BACKOFF_S, MAX_GAVE_UP_SHARE, TIMEOUT_S
+from cumo.model.configuration_cumo import CumoConfig
 from cumo.provenance import git_commit, package_versions, sha256_tree
 
 logger = logging.getLogger(__name__)
@@ -57,6 +71,12 @@ class EvalConfig:
     judge_base_url: str | None = None
     judge_runs: int = 1
     judge_serve: str | None = None  # "rules": the rule judge, served here (no judge_model / judge_base_url)
+    judge_timeout_s: float = TIMEOUT_S  # one request's time-out
+    judge_attempts: int = ATTEMPTS  # tries of one call (failed calls and unusable replies)
+    judge_backoff_s: float = (
+        BACKOFF_S  # the first wait between tries, doubled at each (or the server's Retry-After)
+    )
+    judge_max_gave_up_share: float = MAX_GAVE_UP_SHARE  # questions the benchmark's rules may give up on
 
     def __post_init__(self):
         if self.benchmark not in NAMES:
@@ -64,6 +84,22 @@ class EvalConfig:
         get(self.benchmark).at_split(self.split)  # a split the benchmark does not have stops here
         if self.batch_size < 1 or self.shards < 1 or self.judge_runs < 1 or (self.max_new_tokens or 1) < 1:
             raise ValueError("batch_size, shards, judge_runs and max_new_tokens must be at least 1")
+        if self.judge_attempts < 1 or self.judge_timeout_s <= 0 or self.judge_backoff_s < 0:
+            raise ValueError(
+                f"judge attempts must be at least 1, its time-out above 0 s and its back-off at least 0 s; got "
+                f"{self.judge_attempts}, {self.judge_timeout_s}, {self.judge_backoff_s}"
+            )
+        if not 0 <= self.judge_max_gave_up_share <= 1:
+            raise ValueError(
+                f"judge_max_gave_up_share is a share of the questions, in [0, 1]; got {self.judge_max_gave_up_share}"
+            )
+        if self.judge_base_url is not None and not re.fullmatch(
+            r"https?://[^\s/?#]+(/\S*)?", self.judge_base_url
+        ):
+            raise ValueError(
+                f"judge base URL {self.judge_base_url!r} is not an http(s) URL; give the server's address up to "
+                "/v1, e.g. http://localhost:8000/v1"
+            )
         if self.judge_serve is not None and self.judge_serve not in JUDGE_SERVES:
             raise ValueError(
                 f"judge_serve must be one of {', '.join(JUDGE_SERVES)}, got {self.judge_serve!r}"
@@ -105,12 +141,31 @@ def folder_of(benchmark: Benchmark, data_root: str | Path) -> Path:
     return folder
 
 
-def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
-    """Answer shard `shard` of `config.shards` into out/shards/ (in this process)."""
+def made_by(config: EvalConfig, benchmark: Benchmark, model_digest: str) -> dict:
+    """What makes a shard folder's answers (cumo.eval.generate.MADE_BY): answers made with any of it otherwise
+    are another model's, or were asked another way. Batch size and shard count are not in it: in fp32 a batch
+    answers as batch size 1 does (tests/test_eval_generate.py), and shards only split the questions."""
+    return {
+        "benchmark": benchmark.name,
+        "split": benchmark.split,
+        "model_digest": model_digest,
+        "dtype": config.dtype,
+        "max_new_tokens": config.max_new_tokens or benchmark.max_new_tokens,
+        "blank_images": config.blank_images,
+        "template": CumoConfig.from_pretrained(config.model).conversation_template,
+        "prompt_format": PROMPT_FORMAT,
+    }
+
+
+def run_shard(config: EvalConfig, out: Path, shard: int, model_digest: str | None = None) -> dict:
+    """Answer shard `shard` of `config.shards` into out/shards/ (in this process); a shard folder whose answers
+    were made otherwise is refused. `model_digest`: the model's `sha256_tree`, when the caller has it."""
     benchmark = config.resolved()
     questions = shard_questions(
         benchmark.questions(folder_of(benchmark, config.data_root)), shard, config.shards
     )
+    digest = model_digest or sha256_tree(Path(config.model))
+    check_made_by(out / "shards", made_by(config, benchmark, digest))
     model, processor = load_model(
         config.model, config.device, DTYPES[config.dtype], gpus=config.gpus_per_shard
     )
@@ -118,7 +173,7 @@ def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
         model,
         processor,
         questions,
-        shard_path(out, shard, config.shards),
+        shard_path(out / "shards", shard, config.shards),
         model_id=Path(config.model).name,
         max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
         batch_size=config.batch_size,
@@ -127,12 +182,9 @@ def run_shard(config: EvalConfig, out: Path, shard: int) -> dict:
     )
 
 
-def shard_path(out: Path, shard: int, shards: int) -> Path:
-    return out / "shards" / f"{shard}-of-{shards}.jsonl"
-
-
-def _shard_command(config: EvalConfig, out: Path, shard: int) -> list[str]:
+def _shard_command(config: EvalConfig, out: Path, shard: int, model_digest: str) -> list[str]:
     command = [sys.executable, "-m", "cumo", "eval", config.benchmark, "--model", config.model]
+    command += ["--model-digest", model_digest]
     command += ["--data-root", config.data_root, "--out", str(out), "--batch-size", str(config.batch_size)]
     command += ["--shards", str(config.shards), "--shard", str(shard), "--device", config.device]
     command += ["--gpus-per-shard", str(config.gpus_per_shard)]
@@ -155,7 +207,11 @@ def shard_gpus(shard: int, per_shard: int, visible: str | None) -> str:
     return ",".join(mine)
 
 
-def _run_shards(config: EvalConfig, out: Path) -> None:
+class ShardFailed(RuntimeError):
+    """A shard process of `cumo eval --shards N` failed; its own error is in the output above."""
+
+
+def _run_shards(config: EvalConfig, out: Path, model_digest: str) -> None:
     processes = []
     for shard in range(config.shards):
         env = dict(os.environ)
@@ -163,10 +219,10 @@ def _run_shards(config: EvalConfig, out: Path) -> None:
             env["CUDA_VISIBLE_DEVICES"] = shard_gpus(
                 shard, config.gpus_per_shard, os.environ.get("CUDA_VISIBLE_DEVICES")
             )
-        processes.append(subprocess.Popen(_shard_command(config, out, shard), env=env))
+        processes.append(subprocess.Popen(_shard_command(config, out, shard, model_digest), env=env))
     failed = [shard for shard, process in enumerate(processes) if process.wait() != 0]
     if failed:
-        raise RuntimeError(
+        raise ShardFailed(
             f"shard(s) {failed} of {config.benchmark} failed (their output is above); rerun the same command: "
             "answers already written are kept"
         )
@@ -176,6 +232,14 @@ def _judge(config: EvalConfig, benchmark: Benchmark, out: Path, stack: contextli
     """The benchmark's Judge; a server this process runs for it stops when `stack` closes."""
     from cumo.eval.judge import Judge
 
+    settings = {
+        "cache_dir": out / "judge_cache",
+        "runs": config.judge_runs,
+        "timeout_s": config.judge_timeout_s,
+        "attempts": config.judge_attempts,
+        "backoff_s": config.judge_backoff_s,
+        "max_gave_up_share": config.judge_max_gave_up_share,
+    }
     if config.judge_serve == "rules":
         from cumo.eval import rule_judge
         from cumo.eval.judge_server import JudgeServer
@@ -184,10 +248,9 @@ def _judge(config: EvalConfig, benchmark: Benchmark, out: Path, stack: contextli
         return Judge(
             model=rule_judge.MODEL,
             base_url=server.base_url,
-            cache_dir=out / "judge_cache",
-            runs=config.judge_runs,
             prices_per_1k=rule_judge.PRICES_PER_1K,
             api_key_env=None,
+            **settings,
         )
     if config.judge_model is None:
         raise ValueError(
@@ -195,12 +258,7 @@ def _judge(config: EvalConfig, benchmark: Benchmark, out: Path, stack: contextli
             f"{benchmark.judge_model}) and, for a server other than OpenAI's, --judge-base-url; the key is read "
             "from OPENAI_API_KEY (or --judge-serve rules: the tiny preset's rule judge, offline)"
         )
-    return Judge(
-        model=config.judge_model,
-        base_url=config.judge_base_url,
-        cache_dir=out / "judge_cache",
-        runs=config.judge_runs,
-    )
+    return Judge(model=config.judge_model, base_url=config.judge_base_url, **settings)
 
 
 def evaluate(config: EvalConfig, out: str | Path) -> dict:
@@ -217,13 +275,22 @@ def _evaluate(config: EvalConfig, out: Path, stack: contextlib.ExitStack) -> dic
     if len(set(keys)) != len(keys):
         raise ValueError(f"{benchmark.name}: question ids repeat in {folder}; each question needs its own id")
     judge = _judge(config, benchmark, out, stack) if benchmark.judged else None
+    # A metrics.json of an earlier run is not this run's result: it goes now, and comes back only if this run
+    # scores (a run that fails leaves none).
+    (out / "metrics.json").unlink(missing_ok=True)
 
     started = time.monotonic()
+    digest = sha256_tree(Path(config.model))
+    answers = prepare_shards(out / "shards", made_by(config, benchmark, digest), questions, config.shards)
+    answers["resumed"] = sum(
+        len(read_predictions(shard_path(out / "shards", i, config.shards))[0]) for i in range(config.shards)
+    )
     if config.shards == 1:
-        run_shard(config, out, 0)
+        run_shard(config, out, 0, digest)
     else:
-        _run_shards(config, out)
-    predictions = merge([shard_path(out, i, config.shards) for i in range(config.shards)], questions)
+        _run_shards(config, out, digest)
+    shards = [shard_path(out / "shards", i, config.shards) for i in range(config.shards)]
+    predictions = merge(shards, questions)
     (out / "predictions.jsonl").write_text(
         "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions)
     )
@@ -244,8 +311,9 @@ def _evaluate(config: EvalConfig, out: Path, stack: contextlib.ExitStack) -> dic
         "judge": None
         if judge is None
         else {"model": judge.model, "runs": judge.runs, "usage": judge.usage()},
-        "model": {"path": config.model, "digest": sha256_tree(Path(config.model))},
+        "model": {"path": config.model, "digest": digest},
         "submission": [str(path) for path in submission],
+        "answers": answers,  # how many were resumed, moved from another shard count, started over (and why)
         "config": dataclasses.asdict(config),
         "wall_time_s": time.monotonic() - started,
         "git_commit": git_commit(),

@@ -8,14 +8,23 @@ each row stops at its own end-of-sequence token; in fp32 a batch gives exactly t
 
 Shards: shard i of n takes questions i, i+n, i+2n, ... in file order, so any shard count covers every
 question once and a rerun with the same count redoes nothing. Each shard appends one line per answer to its
-own file and flushes after every batch; a restart reads what is there and skips it (a last line cut off by
-a kill is counted and redone). `merge` then checks that every question was answered exactly once
+own file and flushes after every batch; a restart reads what is there and skips it. A file is read line by
+line in bytes: a line that is not whole (cut by a kill, even inside a multi-byte character) is counted and
+its question redone. `merge` then checks that every question was answered exactly once
 (`pair_with_questions`, the check every benchmark's scorer makes too).
+
+The shard folder records what made its answers (`MADE_BY`: the model's digest, dtype, split, answer length,
+blank images, template and prompt format), because resuming skips every question already answered there:
+answers of another model, or asked another way, would otherwise be scored under this run's name (issue 17).
+`prepare_shards` (the run, which owns every shard) starts the folder over when the record differs and moves
+the answers of another shard count into this count's files; `check_made_by` (each shard process) refuses a
+folder made otherwise, naming the files to delete.
 """
 
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,16 +146,34 @@ def shard_questions(questions: list[Question], shard: int, shards: int) -> list[
 
 
 def read_predictions(path: Path) -> tuple[list[dict], int]:
-    """The complete lines of a predictions file, and how many lines were cut off (by a kill mid-write)."""
+    """The whole lines of a predictions file, and how many lines were not whole.
+
+    Read in bytes, line by line: a line is whole when it ends in a newline and holds a JSON object with a
+    `question_id`. A kill mid-write can cut a line anywhere, inside a multi-byte character too (MMBench-CN's
+    answers), so nothing is decoded before it is known to be a whole line."""
     if not path.exists():
         return [], 0
     predictions, broken = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            predictions.append(json.loads(line))
-        except json.JSONDecodeError:
-            broken += 1
+    with open(path, "rb") as file:
+        for line in file:
+            try:
+                record = json.loads(line.decode("utf-8")) if line.endswith(b"\n") else None
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if isinstance(record, dict) and "question_id" in record:
+                predictions.append(record)
+            else:
+                broken += 1
     return predictions, broken
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    """`predictions` as a predictions file, whole or not at all (written aside, then renamed)."""
+    partial = path.with_name(path.name + ".part")
+    partial.write_text(
+        "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions), encoding="utf-8"
+    )
+    partial.replace(path)
 
 
 def answer_id(model_id: str, question_id, text: str) -> str:
@@ -177,12 +204,12 @@ def generate_shard(
         logger.warning(
             f"{path}: {broken} cut-off line(s) from an interrupted run; their questions are redone"
         )
-        path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in done))
+        write_predictions(path, done)
     answered = {question_key(p["question_id"]) for p in done}
     todo = [q for q in questions if question_key(q.question_id) not in answered]
     path.parent.mkdir(parents=True, exist_ok=True)
     with (
-        open(path, "a") as file,
+        open(path, "a", encoding="utf-8") as file,
         tqdm(total=len(questions), initial=len(questions) - len(todo), desc=description) as bar,
     ):
         for batch in _batches(todo, batch_size):
@@ -203,10 +230,173 @@ def generate_shard(
 
 
 def merge(shard_paths: list[Path], questions: list[Question]) -> list[dict]:
-    """All shards' predictions in question order; every question answered exactly once, or an error naming them."""
+    """All shards' predictions in question order; every question answered exactly once, or an error naming them
+    and the shard files to delete (their questions are then answered anew)."""
+    by_file = {path: read_predictions(path)[0] for path in shard_paths}
+    wanted = {question_key(question.question_id) for question in questions}
+    holders: dict[str, list[Path]] = {}
+    for path, predictions in by_file.items():
+        for prediction in predictions:
+            holders.setdefault(question_key(prediction["question_id"]), []).append(path)
+    at_fault = sorted(
+        {path for key, paths in holders.items() if len(paths) > 1 or key not in wanted for path in paths}
+    )
+    fix = (
+        f"Delete the shard file(s) that hold them, `rm {' '.join(map(str, at_fault))}`, and run the same "
+        "command again: it answers their questions anew."
+        if at_fault
+        else "Run the same command again: it answers only what is missing."
+    )
     return pair_with_questions(
-        [prediction for path in shard_paths for prediction in read_predictions(path)[0]],
+        [prediction for predictions in by_file.values() for prediction in predictions],
         questions,
         source=f"predictions in {', '.join(map(str, shard_paths))}",
-        fix="Rerun the evaluation: it answers only what is missing (delete the shard files to start over).",
+        fix=fix,
     )
+
+
+# -- The shard folder ---------------------------------------------------------------------------------------
+
+MADE_BY = "made_by.json"
+# Bump when `prompt_of` or `answer_batch` changes what is asked or how an answer is cut: answers made the old
+# way are then not resumed.
+PROMPT_FORMAT = 1
+SHARD_FILE = re.compile(r"(\d+)-of-(\d+)\.jsonl")
+
+
+def shard_path(folder: Path, shard: int, shards: int) -> Path:
+    return Path(folder) / f"{shard}-of-{shards}.jsonl"
+
+
+def shard_files(folder: Path) -> dict[Path, tuple[int, int]]:
+    """The shard files in `folder`, each with its (shard, shards)."""
+    found = {}
+    for path in sorted(Path(folder).glob("*-of-*.jsonl")):
+        match = SHARD_FILE.fullmatch(path.name)
+        if match:
+            found[path] = (int(match[1]), int(match[2]))
+    return found
+
+
+def _made_by_differences(folder: Path, made_by: dict) -> dict[str, tuple] | None:
+    """{field: (recorded, now)} where the folder's record differs from `made_by`; None when it has none."""
+    record = Path(folder) / MADE_BY
+    if not record.is_file():
+        return None
+    try:
+        recorded = json.loads(record.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        recorded = {}
+    return {
+        name: (recorded.get(name), value) for name, value in made_by.items() if recorded.get(name) != value
+    }
+
+
+def _describe_differences(differences: dict[str, tuple]) -> str:
+    return ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in differences.items())
+
+
+def check_made_by(folder: Path, made_by: dict) -> None:
+    """Refuse a shard folder whose answers were made otherwise than `made_by` says (a shard process, which
+    must not delete its siblings' files); record `made_by` in a folder that has no answers yet."""
+    folder = Path(folder)
+    differences = _made_by_differences(folder, made_by)
+    files = list(shard_files(folder))
+    if differences is None and not files:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_made_by(folder, made_by)
+        return
+    if differences is None or differences:
+        what = (
+            f"were made otherwise ({_describe_differences(differences)})"
+            if differences
+            else f"have no {MADE_BY} saying what made them (an older cumo)"
+        )
+        raise ValueError(
+            f"the answers in {folder} {what}; they are not resumed. Run without --shard (the run starts the "
+            f"folder over), or delete them: `rm -r {folder}`"
+        )
+
+
+def prepare_shards(folder: Path, made_by: dict, questions: list[Question], shards: int) -> dict:
+    """Make `folder` hold only answers that `made_by` made, in the files of `shards` shards.
+
+    Answers made otherwise are deleted, with a warning saying what changed (they belong to another model or
+    another way of asking; resuming them would score them under this run's name). A folder of answers with no
+    record (an older cumo) is refused, naming it: whether they are this model's is unknown. Answers in the
+    files of another shard count are moved into this count's files, so none is made twice. Returns what was
+    done: {"started_over": {field: [recorded, now]}, "moved_answers": n, "from_files": [names]}."""
+    folder = Path(folder)
+    differences = _made_by_differences(folder, made_by)
+    files = shard_files(folder)
+    done = {"started_over": {}, "moved_answers": 0, "from_files": []}
+    if differences is None and files:
+        raise ValueError(
+            f"the answers in {folder} have no {MADE_BY} saying which model and settings made them (an older "
+            f"cumo); they are not resumed blindly. Delete them, `rm -r {folder}`, and run again"
+        )
+    if differences:
+        logger.warning(
+            "%s: answers made otherwise (%s); deleting %d shard file(s) and answering every question anew",
+            folder,
+            _describe_differences(differences),
+            len(files),
+        )
+        for path in files:
+            path.unlink()
+        done["started_over"] = {name: list(pair) for name, pair in differences.items()}
+        files = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    others = [path for path, (_, count) in files.items() if count != shards]
+    if others:
+        done["moved_answers"] = _move_answers(folder, others, questions, shards)
+        done["from_files"] = [path.name for path in others]
+    _write_made_by(folder, made_by)
+    return done
+
+
+def _move_answers(folder: Path, others: list[Path], questions: list[Question], shards: int) -> int:
+    """Move the answers in `others` (another shard count's files) into the files of `shards` shards, each to
+    the shard its question belongs to (`shard_questions`); the old files are deleted once the new are whole.
+    An answer to a question not in the benchmark stops it, naming the file."""
+    index = {question_key(question.question_id): i for i, question in enumerate(questions)}
+    moved = [[] for _ in range(shards)]
+    for path in others:
+        for prediction in read_predictions(path)[0]:
+            key = question_key(prediction["question_id"])
+            if key not in index:
+                raise ValueError(
+                    f"{path}: an answer to question {key}, which is not in the benchmark; these answers are for "
+                    f"other questions. Delete the file, `rm {path}`, and run again"
+                )
+            moved[index[key] % shards].append(prediction)
+    count = 0
+    for shard, predictions in enumerate(moved):
+        path = shard_path(folder, shard, shards)
+        kept = read_predictions(path)[0]
+        have = {question_key(p["question_id"]) for p in kept}
+        new = []
+        for prediction in predictions:
+            key = question_key(prediction["question_id"])
+            if key not in have:  # the same answer in two old files is moved once
+                have.add(key)
+                new.append(prediction)
+        if new:
+            write_predictions(path, kept + new)
+            count += len(new)
+    for path in others:
+        path.unlink()
+    logger.warning(
+        "%s: %d answer(s) of %s moved into the files of %d shard(s)",
+        folder,
+        count,
+        ", ".join(path.name for path in others),
+        shards,
+    )
+    return count
+
+
+def _write_made_by(folder: Path, made_by: dict) -> None:
+    partial = folder / (MADE_BY + ".part")
+    partial.write_text(json.dumps(made_by, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    partial.replace(folder / MADE_BY)

@@ -6,8 +6,9 @@ paper's come from `config/paper_results.yaml` (Li et al. 2024, arXiv 2405.05949,
 each column's split and metric. A headline of null/NaN is a benchmark scored by its server (VQAv2
 test-dev): the cell says so. A missing file is a missing cell, never a 0; both are counted. A model the paper
 does not report (`tiny`) has a reproduced row only. A column judged by another model than the paper's judge
-(the tiny run's rule judge, `cumo-rules`) says so under the table: that number is not comparable. A model
-evaluated with blank images next to the same weights with their images gets a note of the differences.
+(the tiny run's rule judge, `cumo-rules`) says so under the table: that number is not comparable; so does
+a judged cell where the benchmark's own rules gave up on some questions (metrics.json `judge_gave_up`). A
+model evaluated with blank images next to the same weights with their images gets a note of the differences.
 """
 
 import io
@@ -165,6 +166,15 @@ def build_table(eval_dir: Path, paper: Paper, models: list[str], benchmarks: lis
                 f"{column.title}: judged by {judge} ({', '.join(judged_models)}), not the paper's "
                 f"{get(name).judge_model}; not comparable with the paper's number."
             )
+        # What the benchmark's own rules gave up on (issue 17): scored as upstream scores it, and said here.
+        for model, data in found.get(name, []):
+            gave_up = (data.get("metrics") or {}).get("judge_gave_up") or {}
+            if gave_up.get("skipped"):
+                reasons = ", ".join(f"{reason}: {count}" for reason, count in gave_up["by_reason"].items())
+                notes.append(
+                    f"{column.title} ({model}): the judge's rules gave up on {gave_up['skipped']} of "
+                    f"{gave_up['seen']} ({reasons})."
+                )
     notes += _image_notes(found, cells, columns)
     paper_models = {model for model in models if model in paper.reported}
     return Table(columns, cells, paper_models, notes, paper.source)

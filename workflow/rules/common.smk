@@ -1,8 +1,11 @@
 # Config validation, the target lists and the input functions: everything the rules compute about paths
 # (snakemake-workflows/rna-seq-star-deseq2 keeps the same split). Rules only wire what is named here.
+import fnmatch
 import os
+import posixpath
 import re
 import shlex
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import yaml
@@ -90,6 +93,63 @@ def required_markers(wildcards):
     return [
         source_marker(name) for name in SOURCES[wildcards.source].get("requires", [])
     ]
+
+
+def declared_files(name):
+    """fnmatch patterns, relative to the data root, of the files source `name` declares in config/sources.yaml:
+    its Hub files (allow patterns), web and manual files, extracted folders, and its conversions, which are
+    named after it (data/jsons/sources/<name>*.json; tests/test_workflow.py checks the modules keep to it).
+    """
+    source = SOURCES[name]
+    folder = source["folder"]
+    paths = [
+        f"{folder}/{repo.get('into', '.')}/{pattern}"
+        for repo in source.get("hub", [])
+        for pattern in repo["allow"]
+    ]
+    paths += [
+        f"{folder}/{item.get('file') or posixpath.basename(urlsplit(item['url']).path)}"
+        for item in source.get("web", [])
+    ]
+    paths += [f"{folder}/{item['file']}" for item in source.get("manual", [])]
+    paths += [
+        f"{folder}/{path}"
+        for step in source.get("extract", [])
+        for path in step.get("expect", [])
+    ]
+    return [posixpath.normpath(path) for path in paths] + [
+        f"jsons/sources/{name}*.json"
+    ]
+
+
+def check_mixture_jsons():
+    """Each mixture JSON of a run on downloaded data is a file its sources declare: a misspelt path stops the
+    run here, before any download, not when its mixture job runs (issue 17)."""
+    for stage, mixture in config["mixtures"].items():
+        needed, todo = set(), list(mixture["sources"])
+        while todo:
+            name = todo.pop()
+            source_marker(name)  # an undeclared source stops here, naming it
+            if name not in needed:
+                needed.add(name)
+                todo += SOURCES[name].get("requires", [])
+        patterns = [
+            pattern for name in sorted(needed) for pattern in declared_files(name)
+        ]
+        for path in mixture["jsons"]:
+            if not any(
+                fnmatch.fnmatch(posixpath.normpath(path), pattern)
+                for pattern in patterns
+            ):
+                raise ValueError(
+                    f"config mixtures.{stage}.jsons: {path!r} is no file that its sources "
+                    f"({', '.join(mixture['sources'])}) declare in config/sources.yaml, which are: "
+                    f"{', '.join(patterns)}. Fix the path, or add the source that makes it"
+                )
+
+
+if not config["synthetic"]:
+    check_mixture_jsons()
 
 
 def synthetic_flags(wildcards):
@@ -292,13 +352,24 @@ def eval_data(wildcards):
     )
 
 
+# Judge settings of the config -> `cumo eval` flags; unset ones keep cumo.eval.judge's defaults.
+JUDGE_SETTINGS = {
+    "timeout_s": "--judge-timeout",
+    "attempts": "--judge-attempts",
+    "backoff_s": "--judge-backoff",
+    "max_gave_up_share": "--judge-max-gave-up",
+}
+
+
 def judge_flags(wildcards):
     """`cumo eval`'s judge: the rule judge it serves itself, or the benchmark's model (`models`, else `model`,
-    else the paper's) at `base_url`."""
+    else the paper's) at `base_url`; its settings where the config gives them."""
     judge = config["judge"]
     if wildcards.bench not in JUDGED or judge is None:
         return ""  # a judged benchmark asked for without a judge: `cumo eval` says what to give
-    runs = f"--judge-runs {judge['runs']}"
+    runs = f"--judge-runs {judge['runs']}" + "".join(
+        f" {flag} {judge[key]}" for key, flag in JUDGE_SETTINGS.items() if key in judge
+    )
     if judge.get("serve"):
         return f"--judge-serve {judge['serve']} {runs}"
     model = (

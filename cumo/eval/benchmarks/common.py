@@ -27,7 +27,18 @@ def existing(path: Path, what: str) -> Path:
 
 
 def read_json(path: Path, what: str) -> Any:
-    return json.loads(existing(path, what).read_text(encoding="utf-8"))
+    return json.loads(_text(existing(path, what).read_bytes(), path, "the file"))
+
+
+def _text(data: bytes, path: Path, where: str) -> str:
+    """`data` decoded, or an error naming the file, where in it, and the fix."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: {where} holds bytes that are not UTF-8 ({error.reason} at byte {error.start}): the file is "
+            "corrupted or in another encoding; fetch it again"
+        ) from None
 
 
 def read_parquet_rows(folder: Path, pattern: str, what: str, columns: list[str] | None = None) -> list[dict]:
@@ -42,8 +53,9 @@ def read_parquet_rows(folder: Path, pattern: str, what: str, columns: list[str] 
 
 
 def read_jsonl(path: Path, what: str) -> list[dict]:
-    lines = existing(path, what).read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    lines = existing(path, what).read_bytes().splitlines()
+    texts = [_text(line, path, f"line {number}") for number, line in enumerate(lines, start=1)]
+    return [json.loads(text) for text in texts if text.strip()]
 
 
 def replies(benchmark: str, questions: list[Question], predictions: list[dict]) -> list[str]:

@@ -18,7 +18,8 @@ tokens; Assistant 1 is GPT-4's reference, Assistant 2 the model. The paper's jud
 Scores reproduce llava/eval/summarize_gpt_review.py: per category and over all, the mean of each
 assistant's scores rounded to 3 decimals, then model / reference x100 rounded to 1 decimal; averaged here
 over the judge's runs (the paper averages 3). A review whose first line is not two numbers is counted
-(`unparsed_reviews`) and left out of the means; upstream scores it (-1, -1), which would pull both means down.
+(`judge_gave_up`) and left out of the means; upstream scores it (-1, -1), which would pull both means down.
+Past the judge's `max_gave_up_share` of the (question, run) pairs the benchmark is not scored.
 """
 
 from pathlib import Path
@@ -32,6 +33,7 @@ CONTEXT_FILE = "context.jsonl"
 REFERENCE_FILE = "answers_gpt4.jsonl"
 CATEGORIES = ("conv", "detail", "complex")
 DECIMALS = 1
+NO_SCORES = "review without a line of two scores (left out of the means)"
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 ROLE = "Assistant"
@@ -125,7 +127,7 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
             f"{folder / QUESTION_FILE}: categories {unknown} have no review rule (known: {CATEGORIES})"
         )
 
-    per_run, unparsed = [], 0
+    per_run, unparsed = [], judge.give_ups("llava_wild")
     for run in range(judge.runs):
         groups: dict[str, list[tuple[float, float]]] = {"all": []}
         for row, answer, reference in zip(rows, answers, references, strict=True):
@@ -137,15 +139,22 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
                 max_tokens=1024,
                 run=run,
                 what=f"llava_wild question {row['question_id']}, run {run}",
+                parse=parse_review,
             )
             pair = parse_review(review)
+            unparsed.see()
             if pair is None:
-                unparsed += 1
+                unparsed.skip(NO_SCORES, f"{row['question_id']}, run {run}", f"review {review[:60]!r}")
                 continue
             groups.setdefault(row["category"], []).append(pair)
             groups["all"].append(pair)
         per_run.append({group: relative_score(pairs) for group, pairs in groups.items() if pairs})
 
+    unparsed.check()  # before the means: with no review read there are none
+    if not unparsed.seen - unparsed.skipped:
+        raise ValueError(
+            f"llava_wild: none of the judge {judge.model}'s reviews starts with a line of two scores"
+        )
     metrics = {}
     for group in ("all", *CATEGORIES):
         scored = [run[group] for run in per_run if group in run]
@@ -154,13 +163,8 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
                 key: round(sum(s[key] for s in scored) / len(scored), DECIMALS if key == "relative" else 3)
                 for key in ("relative", "model", "reference")
             }
-    if "all" not in metrics:
-        raise ValueError(
-            f"llava_wild: none of the judge {judge.model}'s {unparsed} reviews starts with a line of two scores; "
-            "the model does not follow the review prompt: use a stronger judge"
-        )
     metrics["runs"] = [run["all"]["relative"] for run in per_run if "all" in run]
-    metrics["unparsed_reviews"] = unparsed  # (question, run) pairs whose review had no score line
+    metrics["judge_gave_up"] = unparsed.to_dict()  # (question, run) pairs whose review had no score line
     return Result(headline=metrics["all"]["relative"], metrics=metrics, n=len(rows))
 
 

@@ -13,18 +13,28 @@ row's own answer. The rules (`cumo.eval.metrics.mathvista.rule_extraction`) read
 other responses go to the judge, gpt-3.5-turbo in CuMo's extract_answer.py, with MathVista's few-shot
 extraction prompt (lupantech/MathVista evaluation/prompts/ext_ans.py, as copied into CuMo's script) and the
 row's `query`. Extraction is one pass: it reads an answer, it does not grade one, so the judge's `runs` do
-not apply. The answer is then normalised by its type and compared as text.
+not apply. The answer is then normalised by its type and compared as text. A judge's extraction that is no
+value of the asked kind ("I cannot ...", a word for a number: `is_answer`) is counted as no extraction
+(`judge_gave_up`) and scored wrong, never matched to its nearest choice; past the judge's
+`max_gave_up_share` of the questions the benchmark is not scored.
 """
 
 from pathlib import Path
 
 from cumo.eval.benchmark import Benchmark, Question, Result
 from cumo.eval.benchmarks.common import read_parquet_rows, replies
-from cumo.eval.metrics.mathvista import accuracy, breakdown, normalize_extracted_answer, rule_extraction
+from cumo.eval.metrics.mathvista import (
+    accuracy,
+    breakdown,
+    is_answer,
+    normalize_extracted_answer,
+    rule_extraction,
+)
 
 JUDGE_MODEL = "gpt-3.5-turbo"  # CuMo cumo/eval/extract_answer.py, get_chat_response_azure
 DATA = "data"
 SPLIT_GLOB = "testmini-*.parquet"
+NO_ANSWER = "no extraction"  # the judge's extraction is no value of the asked kind
 FIELDS = (
     "pid",
     "question",
@@ -119,23 +129,32 @@ def extract(problem: dict, response: str, judge) -> tuple[str, str]:
             "(give a Judge: --judge-model gpt-3.5-turbo as CuMo did)"
         )
     # get_chat_response: temperature 0, 256 tokens, the reply stripped
+    kind = (problem["question_type"], problem["answer_type"], problem["choices"])
     reply = judge.complete(
         extraction_messages(problem["query"], response),
         temperature=0,
         max_tokens=256,
         run=0,
         what=f"mathvista {problem['pid']} (answer extraction)",
+        parse=lambda reply: reply if is_answer(reply, *kind) else None,
     )
-    return reply.strip(), "judge"
+    return reply.strip(), "judge" if is_answer(reply, *kind) else NO_ANSWER
 
 
 def score(folder: Path, predictions: list[dict], judge=None) -> Result:
     problems = _rows(folder, FIELDS)
     texts = replies("mathvista", [Question(p["pid"], "", None) for p in problems], predictions)
-    correct, how = [], {"rule": 0, "judge": 0, "empty": 0}
+    correct, how = [], {"rule": 0, "judge": 0, "empty": 0, NO_ANSWER: 0}
+    gave_up = judge.give_ups("mathvista") if judge is not None else None
     for problem, response in zip(problems, texts, strict=True):
         extraction, by = extract(problem, response, judge)
         how[by] += 1
+        if gave_up is not None:
+            gave_up.see()
+        if by == NO_ANSWER:
+            gave_up.skip(NO_ANSWER, problem["pid"], f"extraction {extraction[:60]!r} (scored wrong)")
+            correct.append(False)
+            continue
         precision = problem["precision"]
         if problem["answer_type"] == "float" and precision is None:
             raise ValueError(
@@ -145,9 +164,13 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
             extraction, problem["choices"], problem["question_type"], problem["answer_type"], precision
         )
         correct.append(prediction == problem["answer"])  # calculate_score.py's safe_equal
+    if gave_up is not None:
+        gave_up.check()
     flat = [{**problem, **problem["metadata"]} for problem in problems]  # calculate_score.py merges metadata
     overall = accuracy(correct)
     metrics = {**overall, "extracted_by": how, **breakdown(flat, correct)}
+    if gave_up is not None:
+        metrics["judge_gave_up"] = gave_up.to_dict()
     return Result(headline=overall["accuracy"], metrics=metrics, n=len(problems))
 
 

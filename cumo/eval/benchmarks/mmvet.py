@@ -13,7 +13,9 @@ table prompt below, one row "question | answer | prediction | " to complete, 3 t
 whose first word is not a score in [0, 1] is asked again with "Predict the correctness of the answer
 (digit): " appended, at temperatures 0.0, 0.5, 1.0, 1.5; after five unreadable replies the question scores
 0.0, as upstream does (it also makes a sixth call whose reply it never reads; that call is not made here).
-Those give-ups are counted in the metrics. A call that fails is an error (cumo.eval.judge), never a 0.0.
+Those give-ups are counted in the metrics (`judge_gave_up`), and past the judge's `max_gave_up_share` of the
+(question, run) pairs the benchmark is not scored: a grader that never gives a score is not grading. A call
+that fails is an error (cumo.eval.judge), never a 0.0.
 
 Scores (`export_result`): per run, the mean score x100 over all questions ("total"), over the questions of
 each capability, and over each capability integration (the exact set of a question's capabilities, named by
@@ -50,6 +52,7 @@ ASK_FOR_DIGIT = "\nPredict the correctness of the answer (digit): "
 # The grader's tries: the first as asked, the others asking for a digit, each hotter than the one before.
 TEMPERATURES = (0.0, 0.0, 0.5, 1.0, 1.5)
 DECIMALS = 1  # mm-vet_evaluator.py --decimal_places
+GAVE_UP = "no score in 5 replies (scored 0.0, as upstream)"
 
 
 def grading_prompt(question: str, answer: str, prediction: str, ask_for_digit: bool = False) -> str:
@@ -67,17 +70,24 @@ def parse_grade(reply: str) -> float | None:
     return score if 0.0 <= score <= 1.0 else None
 
 
-def grade(judge, question: str, answer: str, prediction: str, run: int, what: str) -> float | None:
-    """The grader's score, or None when five replies in a row were not a score."""
+def grade(
+    judge, question: str, answer: str, prediction: str, run: int, what: str
+) -> tuple[float | None, str]:
+    """(the grader's score, its last reply); the score is None when five replies in a row were not a score."""
     for attempt, temperature in enumerate(TEMPERATURES):
         messages = [{"role": "user", "content": grading_prompt(question, answer, prediction, attempt > 0)}]
         reply = judge.complete(
-            messages, temperature=temperature, max_tokens=3, run=run, what=f"{what}, try {attempt + 1}"
+            messages,
+            temperature=temperature,
+            max_tokens=3,
+            run=run,
+            what=f"{what}, try {attempt + 1}",
+            parse=parse_grade,
         )
         score = parse_grade(reply)
         if score is not None:
-            return score
-    return None
+            return score, reply
+    return None, reply
 
 
 def questions(folder: Path) -> list[Question]:
@@ -133,18 +143,23 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
             f"{folder / ANNOTATIONS} and {folder / QUESTION_FILE} disagree on {len(unmatched)} question(s) "
             f"({', '.join(unmatched[:5])}): they come from different releases; fetch both again"
         )
-    scores_by_run, gave_up = [], 0
+    scores_by_run, gave_up = [], judge.give_ups("mmvet")
     for run in range(judge.runs):
         scores = {}
         for key, entry in annotations.items():
-            graded = grade(
+            graded, reply = grade(
                 judge, entry["question"], entry["answer"], texts[key], run, f"mmvet {key}, run {run}"
             )
-            gave_up += graded is None
+            gave_up.see()
+            if graded is None:
+                gave_up.skip(GAVE_UP, f"{key}, run {run}", f"last reply {reply[:60]!r}")
             scores[key] = 0.0 if graded is None else graded
         scores_by_run.append(scores)
+    gave_up.check()
     metrics = capability_scores(annotations, scores_by_run)
-    metrics["grader_gave_up"] = gave_up  # (question, run) pairs scored 0.0 after five unreadable replies
+    metrics["judge_gave_up"] = (
+        gave_up.to_dict()
+    )  # (question, run) pairs scored 0.0 after five unreadable replies
     return Result(headline=metrics["total"], metrics=metrics, n=len(annotations))
 
 

@@ -11,6 +11,7 @@ One deliberate difference: the Hub dataset stores `precision` as a float (2.0), 
 would count as wrong; the precision is used here as the integer it is (lupantech's data/testmini.json has 2).
 """
 
+import math
 import re
 from collections.abc import Sequence
 
@@ -50,6 +51,32 @@ def rule_extraction(
         except ValueError:
             pass
     return None
+
+
+def is_answer(extraction: str, question_type: str, answer_type: str, choices: Sequence[str] | None) -> bool:
+    """Whether a judge's extraction is a value of the kind the question asks for: an option (its letter, or
+    a text that holds a choice's or is held by one), a number that the normalisation reads, a list, or any
+    text. Not upstream's: `normalize_extracted_answer` maps anything at all to the nearest choice, so a
+    judge's "I cannot answer this" would score whenever its nearest choice happens to be right (issue 17)."""
+    text = extraction.strip()
+    if not text:
+        return False
+    if question_type == "multi_choice":
+        options = [chr(ord("A") + i) for i in range(len(choices))]
+        letters = OPTION_IN_PARENTHESES.findall(text)
+        if text in options or (letters and letters[0].upper() in options):
+            return True
+        said = " ".join(text.lower().split())
+        named = [" ".join(choice.lower().split()) for choice in choices]
+        return any(choice and (choice in said or said in choice) for choice in named)
+    if answer_type in ("integer", "float"):
+        try:
+            return math.isfinite(float(text))
+        except ValueError:
+            return False
+    if answer_type == "list":
+        return text.startswith("[") and text.endswith("]")
+    return True
 
 
 def edit_distance(a: str, b: str) -> int:
