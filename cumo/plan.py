@@ -457,12 +457,12 @@ def activation_peak_bytes(
 # --- model states, phase by phase -----------------------------------------------------------------------------
 
 PHASES = ("setup", "first_step", "checkpoint_save", "export")  # cumo/train/memory.py
-# What a CPU rank's set-up and first step add to its process whatever the model (DeepSpeed's engine and
-# optimizer modules imported in `deepspeed.initialize`, 44-52 MB on a 16-parameter model; autograd's and the
-# optimizer's first-use allocations; the tokenizer and the dataset): the phases' peaks of the tiny preset
-# (0.3 M parameters) on one rank, measured as `python -m cumo.bench memory` measures.
+# What a CPU rank's phases add to its process whatever the model (the tokenizer and the dataset at set-up;
+# DeepSpeed's engine and optimizer modules imported in `deepspeed.initialize`, 44-52 MB on a 16-parameter model,
+# and autograd's and the optimizer's first-use allocations at the first step): the phases' peaks of the tiny
+# preset (0.3 M parameters) on one rank, measured as `python -m cumo.bench memory` measures.
 CPU_PHASE_OVERHEAD = {
-    "setup": 72 * 10**6,
+    "setup": 32 * 10**6,
     "first_step": 109 * 10**6,
     "checkpoint_save": 106 * 10**6,
     "export": 108 * 10**6,
@@ -594,7 +594,7 @@ def training_phases(
         loading["the module gathered to be filled"] = (rank_side, module * b)
     if z.stage < 3 and cuda:
         loading["model built on the host"] = ("host", b * n)
-    # Set-up, the engine: the states and buffers; ZeRO-2 flattens the trainable parameters into one buffer
+    # The engine (made by deepspeed.initialize, counted in the first step): the states and buffers; ZeRO-2 flattens the trainable parameters into one buffer
     # while the old ones are alive.
     engine = dict(states, **buffers)
     if z.stage < 3:
@@ -645,8 +645,8 @@ def training_phases(
         exporting["a gathered module"] = (rank_side, module * b)
     exporting["the copies of one shard"] = ("host", min(max(max_shard_bytes, module * b), n * b))
     moments = {
-        "setup": (loading, engine),
-        "first_step": (backward, step),
+        "setup": (loading,),
+        "first_step": (engine, backward, step),
         "step": (steady_backward, step),
         "checkpoint_save": (saving,),
         "export": (exporting,),

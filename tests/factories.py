@@ -31,3 +31,14 @@ def make_batch(config, prompt_lengths=(30, 30), images=(True, True), dtype=torch
     pixel_values = torch.randn(sum(images), 3, size, size, generator=generator, dtype=dtype)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
     return batch | {"pixel_values": pixel_values} if any(images) else batch
+
+
+def world_with_mixtures(root, sizes: dict[str, int]):
+    """The shapes world (`sizes` entries per stage) under `root`, each stage's Arrow mixture next to its JSON."""
+    from cumo.data.mixture import build_mixture
+    from cumo.data.synthetic import write_world
+
+    paths = write_world(root, sizes=sizes)
+    for stage in sizes:
+        build_mixture([paths[stage]], root / f"{stage}.arrow", root / f"{stage}.stats.json", root)
+    return root

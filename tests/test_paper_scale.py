@@ -16,58 +16,41 @@ from pathlib import Path
 import pytest
 import torch
 from torch.utils.data import DistributedSampler
-from transformers import (
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    MistralConfig,
-    MistralForCausalLM,
-    MixtralConfig,
-    MixtralForCausalLM,
-)
+from transformers import CLIPVisionModel, MistralForCausalLM, MixtralForCausalLM
 
-from cumo.data.mixture import build_mixture
-from cumo.data.synthetic import build_tokenizer, write_world
+from cumo.bench.memory import PRESETS, write_towers
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
-from cumo.model.presets import TINY_MIXTRAL_TEXT, TINY_TEXT, TINY_VISION
+from cumo.model.presets import TINY_TEXT, TINY_VISION
 from cumo.train.checkpoint import FINISHED
 from cumo.train.memory import ENVIRONMENT, PHASES
 from cumo.train.stages import stage_config
+from tests.factories import world_with_mixtures
 from tests.test_trainer import launch, stage_args, succeeded
 
 SIZES = {"pretrain": 16, "pft": 16, "sft": 24}
 SHARD_BYTES = 200_000  # several export shards even for the tiny towers
-LLMS = {
-    "cumo-mixtral-8x7b": (MixtralForCausalLM, MixtralConfig, TINY_MIXTRAL_TEXT),
-    "cumo-mistral-7b": (MistralForCausalLM, MistralConfig, TINY_TEXT),
-}
+LLMS = {"cumo-mixtral-8x7b": MixtralForCausalLM, "cumo-mistral-7b": MistralForCausalLM}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("world")
-    paths = write_world(root, sizes=SIZES)
-    for stage in SIZES:
-        build_mixture([paths[stage]], root / f"{stage}.arrow", root / f"{stage}.stats.json", root)
-    return root
+    return world_with_mixtures(tmp_path_factory.mktemp("world"), SIZES)
 
 
 @pytest.fixture(scope="module")
 def towers(tmp_path_factory) -> dict[str, Path]:
-    """CLIP and both LLMs saved by transformers, with the shapes world's tokenizer beside each LLM."""
+    """CLIP and both LLMs as `python -m cumo.bench memory` writes them (the Hub's layouts, the LLMs in bf16
+    in several shards, the shapes world's tokenizer beside each), at the tiny preset's sizes."""
     root = tmp_path_factory.mktemp("towers")
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(**TINY_VISION)).save_pretrained(root / "clip")
-    for preset, (model_class, config_class, text) in LLMS.items():
-        model_class(config_class(**text)).to(torch.bfloat16).save_pretrained(
-            root / preset
-        )  # as Mistral ships
-        build_tokenizer().save_pretrained(root / preset)
-    return {"clip": root / "clip", **{preset: root / preset for preset in LLMS}}
+    text = {key: TINY_TEXT[key] for key in ("hidden_size", "intermediate_size", "num_hidden_layers")}
+    dims = (TINY_VISION, text | {"num_attention_heads": 4})
+    paths = {llm: write_towers(root, llm, "tiny", dims) for llm in ("mistral", "mixtral")}
+    return {"clip": paths["mistral"][0], **{PRESETS[llm]: paths[llm][1] for llm in paths}}
 
 
 def recipe(stage: str, preset: str, **changes) -> dict:
     """The preset's paper recipe for `stage`, ZeRO config included, with a batch the tiny world fills."""
-    config = stage_config(stage, preset, global_batch_size=4, micro_batch_size=1, max_length=512, **changes)
+    config = stage_config(stage, preset, global_batch_size=4, micro_batch_size=1, max_length=256, **changes)
     return dataclasses.asdict(config)
 
 
@@ -100,8 +83,7 @@ def test_pretrain_streams_the_towers_in_and_exports_them_unchanged(world, towers
     assert len([f for f in finished["files"] if f.endswith(".safetensors")]) > 1  # sharded
     exported = reloaded(out)
     clip = CLIPVisionModel.from_pretrained(towers["clip"]).state_dict()
-    model_class = LLMS[preset][0]
-    llm = model_class.from_pretrained(towers[preset], dtype=torch.float32).state_dict()
+    llm = LLMS[preset].from_pretrained(towers[preset], dtype=torch.float32).state_dict()
     # pretrain trains the connector only: CLIP (less its post-layernorm) and the LLM are the files' weights.
     for name, tensor in clip.items():
         if not name.startswith(("post_layernorm", "vision_model.post_layernorm")):

@@ -17,13 +17,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cumo.data.mixture import build_mixture
-from cumo.data.synthetic import write_world
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.train.checkpoint import EXIT_PREEMPTED, FINISHED
 from cumo.train.stages import TINY_RECIPE, MissingPredecessor
 from cumo.train.trainer import _forward, train
-from tests.factories import make_batch, make_model
+from tests.factories import make_batch, make_model, world_with_mixtures
 
 SCRIPT = Path(__file__).parent / "train_scripts" / "trainer_run.py"
 SIZES = {"pretrain": 512, "pft": 256, "sft": 512}  # 32, 16 and 32 steps per epoch of the tiny global batch 16
@@ -70,11 +68,7 @@ def losses(metrics: Path) -> list[float]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """The shapes world (SIZES entries per stage) with each stage's Arrow mixture next to its JSON."""
-    root = tmp_path_factory.mktemp("world")
-    paths = write_world(root, sizes=SIZES)
-    for stage in SIZES:
-        build_mixture([paths[stage]], root / f"{stage}.arrow", root / f"{stage}.stats.json", root)
-    return root
+    return world_with_mixtures(tmp_path_factory.mktemp("world"), SIZES)
 
 
 def stage_args(world: Path, runs: Path, stage: str, previous: str | None = None, **extra) -> dict:

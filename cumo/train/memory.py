@@ -8,8 +8,10 @@ With `CUMO_MEMORY_LOG=<file>` in its environment, every rank appends one JSON li
   the model exists; the phases are measured over it;
 - `peak_bytes`: the highest RSS during the phase minus that baseline (Linux `VmHWM`, reset at the start of
   every phase by writing 5 to /proc/self/clear_refs, proc(5));
-- phases: `setup` (model built, weights loaded, DeepSpeed engine made), `first_step` (the first optimiser
-  step: its micro-batches' forward and backward, and the step), `checkpoint_save`, `export`;
+- phases: `setup` (the model built and its weights loaded: under ZeRO-3 a rank's partition, issue 13's
+  "fp32 partition plus one shard"), `first_step` (DeepSpeed's engine with its gradient and optimizer
+  partitions, then the first optimiser step: its micro-batches' forward and backward, and the step),
+  `checkpoint_save`, `export`;
 - `params`: the model's parameter count (ZeRO-3's full shapes, not a rank's partition).
 
 Without the variable nothing is measured or written. Appends of a few hundred bytes with O_APPEND do not

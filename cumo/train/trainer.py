@@ -165,6 +165,8 @@ def train(
     torch.manual_seed(stage.seed)  # every rank draws the same fresh weights (routers, a random start)
     model = build_model(start, stage, dtype, partitioning)
     memory.params = sum(partitioning.numel(parameter) for parameter in model.parameters())
+    memory.end("setup")
+    memory.start()  # the engine's gradient and optimizer partitions belong to stepping: the first step's phase
     groups = parameter_groups(model, stage)
     optimizer = scheduler = None
     if len(groups) > 1 and {"optimizer", "scheduler"} & ds_config.keys():
@@ -186,7 +188,6 @@ def train(
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=groups, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
-    memory.end("setup")
 
     # Hashed on rank 0 alone: the paper's sft mixture is 2.7 GB.
     run = checkpoint.rank0_decides(
@@ -206,7 +207,6 @@ def train(
         checkpoint.save(engine, checkpoint_dir, step, client_state, keep, run)
         memory.end("checkpoint_save")
 
-    memory.start()
     first_step = step + 1
 
     while step < total_steps:
