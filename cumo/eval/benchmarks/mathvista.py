@@ -152,7 +152,7 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
         if gave_up is not None:
             gave_up.see()
         if by == NO_ANSWER:
-            gave_up.skip(NO_ANSWER, problem["pid"], f"extraction {extraction[:60]!r} (scored wrong)")
+            gave_up.skip(NO_ANSWER, problem["pid"], f"the judge gave {extraction[:60]!r} (scored wrong)")
             correct.append(False)
             continue
         precision = problem["precision"]
