@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MISTRAL_TOKENIZER := $(VENV)/fixtures/mistral-tokenizer.model.v1
 
 .PHONY: install demo quick-demo test slurm lint bench clean
 
@@ -27,8 +28,12 @@ demo: $(STAMP)
 quick-demo: $(STAMP)
 	$(BIN)/cumo demo --out results/demo
 
-test: $(STAMP) slurm
+test: $(STAMP) $(MISTRAL_TOKENIZER) slurm
 	$(BIN)/python -m pytest
+
+# Mistral-7B's tokenizer for tests/test_mistral_tokenizer.py, out of PyPI's mistral-common wheel (digest checked).
+$(MISTRAL_TOKENIZER): tests/mistral/fetch.py | $(STAMP)
+	$(BIN)/python tests/mistral/fetch.py $@
 
 # Debian's Slurm and MUNGE: tests/test_slurm.py starts a real one-node cluster with them.
 slurm:

@@ -63,11 +63,21 @@ TARGET_SETUP_BYTES_PER_PARAMETER = 2.5  # issue 13: ZeRO-3 set-up at 2 ranks
 TARGET_PREDICTION = 0.25  # issue 13: the plan within +-25% of every measured phase
 
 
-def write_towers(root: Path, llm: str, size: str, dims: tuple[dict, dict] | None = None) -> tuple[Path, Path]:
+def write_towers(
+    root: Path,
+    llm: str,
+    size: str,
+    dims: tuple[dict, dict] | None = None,
+    tokenizer_files: Path | None = None,
+) -> tuple[Path, Path]:
     """CLIP-like and LLM-like model directories of `size` (or of the (CLIP, LLM) dimensions `dims`) with random
-    weights, under `root`; returns (clip, llm)."""
+    weights, under `root`; returns (clip, llm). The LLM's tokenizer is the shapes world's, or the files in
+    `tokenizer_files` copied as they are (a Hub repo's tokenizer.model and tokenizer_config.json)."""
+    import shutil
+
     import torch
     from transformers import (
+        AutoTokenizer,
         CLIPVisionConfig,
         CLIPVisionModel,
         MistralConfig,
@@ -83,7 +93,7 @@ def write_towers(root: Path, llm: str, size: str, dims: tuple[dict, dict] | None
     clip_dir, llm_dir = root / f"clip-{size}", root / f"{llm}-{size}"
     torch.manual_seed(0)
     CLIPVisionModel(CLIPVisionConfig(**{**CLIP_VIT_L_14_336, **vision})).save_pretrained(clip_dir)
-    tokenizer = build_tokenizer()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_files) if tokenizer_files else build_tokenizer()
     text = {
         **MISTRAL_7B_INSTRUCT_V02,
         **text,
@@ -101,7 +111,10 @@ def write_towers(root: Path, llm: str, size: str, dims: tuple[dict, dict] | None
     else:
         model = MistralForCausalLM(MistralConfig(**text))
     model.to(torch.bfloat16).save_pretrained(llm_dir, max_shard_size=MAX_SHARD_BYTES)
-    tokenizer.save_pretrained(llm_dir)
+    if tokenizer_files:
+        shutil.copytree(tokenizer_files, llm_dir, dirs_exist_ok=True)
+    else:
+        tokenizer.save_pretrained(llm_dir)
     return clip_dir, llm_dir
 
 

@@ -34,12 +34,27 @@ class Template:
     system: str
     bos: str
     eos: str
+    # Text that CuMo's preprocessing splits a conversation at (preprocess_llama_2: rounds at sep2 "</s>", a
+    # round's prompt and answer at "[/INST] "): in a message it makes CuMo miscount, print "tokenization
+    # mismatch", and set every label to -100, so the sample trains nothing. Ours skips such a sample, counted.
+    separators: tuple[str, ...] = ()
 
 
 TEMPLATES = {
     "plain": Template("plain", system="", bos="<s>", eos="\n"),
-    "mistral_instruct_system": Template("mistral_instruct_system", system=SYSTEM, bos="<s>", eos="</s>"),
+    "mistral_instruct_system": Template(
+        "mistral_instruct_system", system=SYSTEM, bos="<s>", eos="</s>", separators=("</s>", "[/INST]")
+    ),
 }
+
+
+def separator_in(template: str, turns: list[tuple[str, str | None]]) -> str | None:
+    """The first of `template`'s separators found in a message of `turns` (see Template.separators), or None."""
+    for question, answer in turns:
+        for separator in TEMPLATES[template].separators:
+            if separator in question or (answer is not None and separator in answer):
+                return separator
+    return None
 
 
 def turns_from_llava(conversations: list[dict]) -> list[tuple[str, str]]:

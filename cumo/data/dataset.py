@@ -20,7 +20,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from cumo.data.conversation import expand_image_placeholders, render_segments, turns_from_llava
+from cumo.data.conversation import (
+    expand_image_placeholders,
+    render_segments,
+    separator_in,
+    turns_from_llava,
+)
 from cumo.data.skips import SkipCounter, TooManySkipped
 from cumo.model.modeling_cumo import IGNORE_INDEX
 from cumo.model.processing_cumo import CumoProcessor
@@ -169,9 +174,16 @@ class SupervisedDataset(Dataset):
     def _sample(self, entry: dict) -> dict[str, torch.Tensor]:
         has_image = entry.get("image") is not None
         try:
-            segments = render_segments(self.template, turns_from_llava(entry["conversations"]), has_image)
+            turns = turns_from_llava(entry["conversations"])
+            segments = render_segments(self.template, turns, has_image)
         except ValueError as error:
             raise SkipSample("invalid conversation", str(error)) from error
+        if separator := separator_in(self.template, turns):
+            raise SkipSample(
+                "tokenization mismatch",
+                f"a message holds the template's separator {separator!r}, where CuMo's preprocess_llama_2 splits "
+                "turns: CuMo trains nothing on such a sample (its 'tokenization mismatch ... (ignored)')",
+            )
         sample = {"pixel_values": self._load_image(entry["image"])} if has_image else {}
         try:
             input_ids_T, labels_T = tokenise(segments, self.processor)

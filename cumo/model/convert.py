@@ -30,7 +30,13 @@ from transformers import AutoTokenizer, CLIPVisionConfig, MistralConfig, Mixtral
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import CLIP_VIT_L_14_336
-from cumo.model.processing_cumo import CumoProcessor, add_image_token
+from cumo.model.processing_cumo import (
+    CumoProcessor,
+    add_image_token,
+    load_llm_tokenizer,
+    save_tokenizer,
+    without_image_token,
+)
 
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 # CuMo config fields -> ours (the rest of the released config is the LLM's).
@@ -224,14 +230,22 @@ def load_released(directory: str | Path, dtype: torch.dtype = torch.float32) -> 
     return model
 
 
-def save_released(model: CumoForConditionalGeneration, directory: str | Path) -> None:
-    """Write `model` in the released layout: config.json and model.safetensors."""
+def save_released(
+    model: CumoForConditionalGeneration, directory: str | Path, vocab_size: int | None = None
+) -> None:
+    """Write `model` in the released layout: config.json and model.safetensors. `vocab_size`: the LLM's own
+    vocabulary, the rows after it (the image token's, which CuMo's vocabulary has not) left out."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(
-        json.dumps(config_to_released(model.config), indent=2, default=str)
-    )
-    save_file(to_released(model.state_dict()), directory / "model.safetensors", metadata={"format": "pt"})
+    config, state = config_to_released(model.config), to_released(model.state_dict())
+    if vocab_size is not None:
+        config["vocab_size"] = vocab_size
+        if config.get("image_token_id", 0) >= vocab_size:  # images at -200, as CuMo; ours adds it back
+            del config["image_token_id"]
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            state[key] = state[key][:vocab_size].contiguous()
+    (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
 
 
 def convert_directory(src: str | Path, out: str | Path, direction: str) -> None:
@@ -239,13 +253,14 @@ def convert_directory(src: str | Path, out: str | Path, direction: str) -> None:
     `to-released`: our model directory -> the released layout, tokenizer alongside."""
     if direction == "from-released":
         model = load_released(src)
-        tokenizer = AutoTokenizer.from_pretrained(src)
+        tokenizer = load_llm_tokenizer(src, model.config.text_config)
         add_image_token(tokenizer, model)
         model.save_pretrained(out)
         CumoProcessor(tokenizer, model.config).save_pretrained(out)
     elif direction == "to-released":
         model = CumoForConditionalGeneration.from_pretrained(src, dtype="auto")
-        save_released(model, out)
-        AutoTokenizer.from_pretrained(src).save_pretrained(out)
+        tokenizer = without_image_token(AutoTokenizer.from_pretrained(src), model.config.image_token)
+        save_released(model, out, vocab_size=len(tokenizer))  # the image token's rows go with it
+        save_tokenizer(tokenizer, out)
     else:
         raise ValueError(f"direction {direction!r}: use 'from-released' or 'to-released'")

@@ -6,10 +6,12 @@ CLIPImageProcessor, its PIL backend: no torchvision needed). Each image placehol
 `config.num_image_tokens` image tokens, the positions the model fills with the image's features.
 """
 
+import json
 from pathlib import Path
 
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 from transformers import AutoTokenizer, BatchEncoding, PreTrainedTokenizerBase
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -42,6 +44,50 @@ def add_image_token(tokenizer: PreTrainedTokenizerBase, model) -> int:
         model.resize_token_embeddings(len(tokenizer))
     model.config.image_token_id = token_id
     return token_id
+
+
+def load_llm_tokenizer(directory: str | Path, text_config) -> PreTrainedTokenizerBase:
+    """The LLM's tokenizer in `directory` (a Hub copy of Mistral or Mixtral, a released CuMo checkpoint), as
+    transformers builds it for the LLM's model type, padded with <unk> as CuMo pads (cumo/train/train.py).
+
+    The model type picks transformers' SentencePiece conversion, which tokenises as SentencePiece itself; the
+    `LlamaTokenizer` class that Mistral's tokenizer_config.json names does not on runs of spaces ("x  y":
+    [1318, 259, 28724] where SentencePiece and CuMo's slow tokenizer give [1318, 28705, 337]), and a released
+    checkpoint's config (`llava_mistral`, unknown to transformers) would leave AutoTokenizer that class."""
+    tokenizer = AutoTokenizer.from_pretrained(directory, config=text_config)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+    """`tokenizer.save_pretrained(directory)`, keeping its `legacy` flag.
+
+    Mistral's tokenizer_config.json says `legacy: true` (SentencePiece's dummy prefix "▁" in front of every
+    piece of text, after special tokens too), which is how CuMo's slow tokenizer reads text. transformers 5
+    takes the flag at load but does not write it back, and a tokenizer loaded without it switches to
+    `Metaspace(prepend_scheme="first")`: every "[INST]" after "</s>" loses its "▁" and the space token after
+    the image disappears, so each stage after the first and every evaluation would read the prompts unlike
+    CuMo (issue 15, tests/test_mistral_tokenizer.py)."""
+    if getattr(tokenizer, "legacy", None) is not None:
+        tokenizer.init_kwargs["legacy"] = tokenizer.legacy
+    tokenizer.save_pretrained(directory)
+
+
+def without_image_token(tokenizer: PreTrainedTokenizerBase, image_token: str) -> PreTrainedTokenizerBase:
+    """`tokenizer` as the LLM shipped it: the `image_token` that `add_image_token` appended (an added token, the
+    last id) taken out. CuMo's vocabulary has no image token (it splices images in at the id -200), so a
+    released checkpoint keeps Mistral's 32,000. An image token inside the vocabulary (the shapes world's,
+    id 4) is the LLM's own: the tokenizer is returned as it is."""
+    image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if image_token not in tokenizer.get_added_vocab() or image_token_id != len(tokenizer) - 1:
+        return tokenizer
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state["added_tokens"] = [added for added in state["added_tokens"] if added["content"] != image_token]
+    special = {
+        name: getattr(tokenizer, name) for name in ("bos_token", "eos_token", "unk_token", "pad_token")
+    }
+    return type(tokenizer)(tokenizer_object=Tokenizer.from_str(json.dumps(state)), **special)
 
 
 class CumoProcessor:
@@ -94,7 +140,7 @@ class CumoProcessor:
     def save_pretrained(self, directory: str | Path) -> None:
         """The tokenizer, with the model's conversation template as its chat template, and the image processor."""
         self.tokenizer.chat_template = chat_template(self.template)
-        self.tokenizer.save_pretrained(directory)
+        save_tokenizer(self.tokenizer, directory)
         self.image_processor.save_pretrained(directory)
 
     @classmethod

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+from transformers import AutoConfig, CLIPVisionConfig
 
 import cumo.model  # noqa: F401  (registers CumoConfig with the Auto classes, for from_pretrained)
 from cumo.data.conversation import TEMPLATES
@@ -33,7 +33,7 @@ from cumo.data.synthetic import build_tokenizer
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import PRESETS, build_config
-from cumo.model.processing_cumo import CumoProcessor
+from cumo.model.processing_cumo import CumoProcessor, load_llm_tokenizer
 from cumo.model.upcycle import upcycle_recipe, upcycled_config
 from cumo.model.weights import (
     WHOLE,
@@ -414,9 +414,7 @@ def _pretrain_start(preset: str, sources: dict[str, str]) -> StageStart:
     llm_dir = local_model_directory(sources.get("llm", LLM_SOURCES[preset]))
     vision_config = CLIPVisionConfig.from_pretrained(clip_dir)
     text_config = AutoConfig.from_pretrained(llm_dir)
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir, use_fast=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token  # CuMo pads with <unk> (cumo/train/train.py)
+    tokenizer = load_llm_tokenizer(llm_dir, text_config)
     config = build_config(
         preset, moe=False, conversation_template="plain", vision_config=vision_config, text_config=text_config
     )
