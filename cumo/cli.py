@@ -61,12 +61,12 @@ def demo(args) -> None:
 
 def download(args) -> None:
     """Download training sources and benchmarks (eval_<bench>), and what they require, into the data tree,
-    verified, with .done markers."""
+    verified, with .done markers; the pins each first download learns go to the lock file."""
     from cumo.data.download import default_data_root
     from cumo.data.download import download as download_sources
 
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    records = download_sources(args.names, data_root, args.config)
+    records = download_sources(args.names, data_root, args.config, args.lock, args.update_lock)
     print(f"{len(records)} source(s) ready under {data_root}: {', '.join(r['source'] for r in records)}")
 
 
@@ -270,6 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("names", nargs="+", metavar="SOURCE", help="source names declared in the sources config")
     sub.add_argument("--data-root", default=None, help="data tree root (default: $CuMo_DIR/data, else data)")
     sub.add_argument("--config", default="config/sources.yaml", help="the sources declarations")
+    sub.add_argument(
+        "--lock",
+        default=None,
+        help="the pins learned on first download: Hub commits, every file's sha256 (default: kept with --config, "
+        "config/sources.lock.yaml)",
+    )
+    sub.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="renew the named sources' pins on purpose, done or not: resolve their Hub revisions anew and record "
+        "every file's sha256 again (files in place are kept where they pass the declared checks)",
+    )
 
     sub = add("synthetic", synthetic)
     sub.add_argument("--data-root", required=True, help="where the world's data tree is written")

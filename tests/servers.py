@@ -8,7 +8,8 @@
   and LFS hashes (`/api/datasets/<repo>/tree/<commit>`), and `resolve` URLs
   (`/datasets/<repo>/resolve/<commit>/<path>`) answering HEAD and GET with the headers huggingface_hub reads
   (X-Repo-Commit, ETag, Content-Length); a model repo answers the same under `/api/models/<repo>/...` and
-  `/<repo>/resolve/...`. See huggingface_hub's `hf_api.HfApi.repo_info`, `list_repo_tree` and
+  `/<repo>/resolve/...`. A repo's `main` can move to a new commit (`push`); its earlier commits stay
+  reachable by id, as on the Hub. See huggingface_hub's `hf_api.HfApi.repo_info`, `list_repo_tree` and
   `file_download.get_hf_file_metadata`.
 
 Both record every request as (method, path, headers), so a test can assert what was asked.
@@ -178,12 +179,13 @@ class _HubHandler(_Handler):
         prefix, repo, kind, revision, rest = match.groups()
         repo_type = "model" if prefix in (None, "models") else "dataset"
         # As on the Hub, a model and a dataset are separate namespaces: asked as the other type, a repo is absent.
-        if repo not in hub.repos or hub.repo_type(repo) != repo_type:
+        if repo not in hub.history or hub.repo_type(repo) != repo_type:
             return self._error(404, "RepoNotFound", f"Repository {repo} not found", head)
-        commit = hub.commit(repo)
-        if revision not in ("main", commit):
+        commits = hub.history[repo]
+        commit = list(commits)[-1] if revision == "main" else revision
+        if commit not in commits:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
-        files = hub.repos[repo]
+        files = commits[commit]
         if kind == "revision":
             return self._json(
                 {"id": repo, "sha": commit, "private": False, "siblings": [{"rfilename": p} for p in files]}
@@ -212,8 +214,8 @@ class _HubHandler(_Handler):
 
 
 class HubServer(_Server):
-    """Repos (repo id -> {path: bytes}), each at a single commit reachable as `main`: datasets, except the
-    ids in `models`, which are model repos.
+    """Repos (repo id -> {path: bytes}), each at its first commit, `commit(repo)`, which `main` names until
+    `push` gives the repo another: datasets, except the ids in `models`, which are model repos.
 
     Files ending in .zip, .parquet, .safetensors or .bin are stored in LFS (identified by sha256), the others
     in git (by their blob sha1), as on the Hub. `gated` repos answer 401 GatedRepo to file requests without a
@@ -225,7 +227,7 @@ class HubServer(_Server):
 
     def __init__(self, repos: dict[str, dict[str, bytes]], gated=(), corrupt: dict | None = None, models=()):
         super().__init__(_HubHandler)
-        self.repos = repos
+        self.history = {repo: {self.commit(repo): files} for repo, files in repos.items()}  # commits in order
         self.gated = set(gated)
         self.corrupt = corrupt or {}
         self.models = set(models)
@@ -236,6 +238,12 @@ class HubServer(_Server):
     @staticmethod
     def commit(repo: str) -> str:
         return hashlib.sha1(repo.encode()).hexdigest()
+
+    def push(self, repo: str, files: dict[str, bytes]) -> str:
+        """Commit `files` as the repo's new tree, which `main` names from now on; return the new commit."""
+        commit = hashlib.sha1(f"{repo} {len(self.history[repo])}".encode()).hexdigest()
+        self.history[repo][commit] = files
+        return commit
 
     def is_lfs(self, path: str) -> bool:
         return path.endswith(self.LFS_SUFFIXES)

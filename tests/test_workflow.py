@@ -366,6 +366,8 @@ def test_paper_pretrain_starts_from_downloaded_base_models(model):
         (repo,) = sources[name]["hub"]
         repos[part] = repo["repo"]
         assert f"data/{folder}/.{name}.done" in result.stdout  # an input: downloaded before the job starts
+        # Pinned by the lock kept with the declarations, which the job writes to on a first download.
+        assert f"cumo download {name} --data-root data --lock config/sources.lock.yaml" in result.stdout
     assert repos == {"clip": CLIP_SOURCE, "llm": LLM_SOURCES[model]}
 
 

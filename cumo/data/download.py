@@ -6,19 +6,26 @@ target folders); a source that needs code (a conversion to LLaVA's conversation 
 URL in a metadata file) has a module in `cumo/data/sources/`. This module is the machinery they share:
 
 - Hub repos, dataset or model, through huggingface_hub's `snapshot_download`, at the commit the declared
-  revision resolves to; every file is then checked against the sha256 (LFS) or git hash the Hub lists for it
-  at that commit. A model repo lands as a plain directory that `from_pretrained` reads without network, so
-  a training job on a compute node only needs `source_folder` (its marker must exist).
+  revision resolves to (or the one the lock file pins, below); every file is then checked against the sha256
+  (LFS) or git hash the Hub lists for it at that commit. A model repo lands as a plain directory that
+  `from_pretrained` reads without network, so a training job on a compute node only needs `source_folder`
+  (its marker must exist).
 - HTTPS files with resume (`Range`), retries with exponential back-off and a sha256 check where the
   digest is declared. A file is taken only when known whole: its length as the server gave it
   (Content-Length, Content-Range, a chunked body's end), or its declared digest; a body that just stops
-  with the connection, with neither, is refused (issue 17). Where no digest is declared, the computed one is
-  printed and recorded so it can be declared, once the source's files passed every check.
+  with the connection, with neither, is refused (issue 17).
 - An archive that cannot be read to its end loses its name: fetched, it is deleted to be fetched anew.
 - Files behind a registration are placed by hand; a source missing one stops before fetching anything,
   saying where to get it, where to put it and what it will be checked against.
 - Archives (zip, tar, tar.gz) are checked member by member before anything is written: a member that
   would land outside the target folder (`..`, an absolute path, a link pointing out) refuses the archive.
+
+Pins learned on first download (cumo/data/lockfile.py): the first download of a source records the commit
+each Hub revision resolved to and every file's sha256 in the lock file kept with the declarations
+(`config/sources.lock.yaml`), once its files passed every check. A later download fetches the locked commits
+and stops where a file's sha256 differs from the locked one, naming the file and both digests; a lock entry
+that contradicts a pin declared in config/sources.yaml stops it before anything is fetched. Pins the lock
+lacks (a repo or file declared since) are learned the same way; `update_lock` renews a source's on purpose.
 
 A source is done when its marker `<data_root>/<folder>/.<name>.done` exists: a JSON record of the resolved
 commits, every file's sha256, the extracted member counts and the converted entry counts, written last.
@@ -26,7 +33,6 @@ A second call with the marker present does nothing. Downloads go to `<file>.part
 whole and verified, so an interrupted run resumes where it stopped.
 """
 
-import fcntl
 import fnmatch
 import gzip
 import hashlib
@@ -47,7 +53,6 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
@@ -60,10 +65,10 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import filter_repo_objects
 from tqdm import tqdm
 
+from cumo.data import lockfile
+from cumo.data.lockfile import COMMIT, SHA256, LockFileError, exclusive
 from cumo.data.skips import SkipCounter
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 HUB_URL = "https://huggingface.co"
 # The Hub repo types a source can fetch (spaces hold apps, not data); the Hub's routes differ by type:
 # /api/datasets/<id>, /datasets/<id>/resolve/... versus /api/models/<id>, /<id>/resolve/...
@@ -513,26 +518,21 @@ def _select(repo: HubRepo, commit: str, tree: list[RepoFile]) -> dict[str, RepoF
     return {entry.path: entry for entry in tree if entry.path in selected}
 
 
-def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
+def fetch_hub(repo: HubRepo, local_dir: Path, commit: str | None = None) -> dict:
     """Download the files of a Hub repo (dataset or model) that `repo.allow` selects into `local_dir` and
     verify them.
 
-    The revision is resolved to a commit first and everything is fetched at that commit, so the files are
-    one consistent snapshot; a revision that is not a commit is warned about. Returns the record for the
-    marker: repo, revision, resolved commit and every file's sha256.
+    Everything is fetched at one commit, so the files are one consistent snapshot: `commit` where given (the
+    one the lock file pins), else the one the revision resolves to now. Returns the record for the marker:
+    repo, revision, commit and every file's sha256.
     """
-    if not COMMIT.fullmatch(repo.revision):
-        warnings.warn(
-            f"{repo.repo}: revision {repo.revision!r} is not a commit, so this download is not reproducible; "
-            "the commit it resolves to is recorded in the source's .done marker: put it in config/sources.yaml",
-            stacklevel=2,
-        )
+    locked = commit is not None
     # huggingface_hub reads HF_ENDPOINT once, when it is imported, and builds file URLs from that constant;
     # passing the endpoint explicitly makes a value set later (a mirror, the tests' server) count everywhere.
     endpoint = os.environ.get("HF_ENDPOINT") or None
     api = HfApi(endpoint=endpoint)
     try:
-        commit = api.repo_info(repo.repo, repo_type=repo.repo_type, revision=repo.revision).sha
+        commit = commit or api.repo_info(repo.repo, repo_type=repo.repo_type, revision=repo.revision).sha
         tree = [
             entry
             for entry in api.list_repo_tree(
@@ -552,13 +552,16 @@ def fetch_hub(repo: HubRepo, local_dir: Path) -> dict:
     except GatedRepoError as error:  # the Hub lists a gated repo to anyone but serves its files with a token
         raise ManualStepNeeded(_gated_message(repo, local_dir)) from error
     except HfHubHTTPError as error:
+        if locked:
+            raise DownloadError(
+                f"{repo.repo}@{commit}, the commit the lock file pins for revision {repo.revision!r}: {error}. "
+                "If the Hub no longer has that commit, renew the source's pins: `cumo download SOURCE --update-lock`."
+            ) from error
         raise DownloadError(
             f"{repo.repo}@{repo.revision}: {error}. Check repo and revision in config/sources.yaml."
         ) from error
-    if commit != repo.revision:
-        tqdm.write(
-            f"{repo.repo}: revision {repo.revision!r} is commit {commit} (pin it in config/sources.yaml)"
-        )
+    if not locked and commit != repo.revision:
+        tqdm.write(f"{repo.repo}: revision {repo.revision!r} resolved to commit {commit}")
     digests = {}
     for path, entry in sorted(wanted.items()):
         local = local_dir / path
@@ -744,6 +747,113 @@ def converted_path(data_root: Path, output: str) -> Path:
     return data_root / "jsons" / "sources" / f"{output}.json"
 
 
+# -- Pins learned on first download (the lock file) ----------------------------------------------------------
+
+
+def lock_entry(source: Source, hub: list[dict], files: dict[str, str]) -> dict:
+    """A source's pins for the lock file (cumo/data/lockfile.py), from the records of its download: its Hub
+    repos' (`hub`, as `fetch_hub` returns them) and the sha256 of its web and hand-placed files by name
+    (`files`). What the records lack (declared after a marker was written) is left out, to be learned by the
+    next download."""
+    declared = {repo.repo for repo in source.hub}
+    entry = {
+        "hub": [
+            {
+                "repo": record["repo"],
+                "revision": record["revision"],
+                "commit": record["commit"],
+                "files": dict(sorted(record["sha256"].items())),
+            }
+            for record in hub
+            if record["repo"] in declared
+        ],
+        "web": [{"url": item.url, "sha256": files[item.file]} for item in source.web if item.file in files],
+        "manual": [
+            {"file": item.file, "sha256": files[item.file]} for item in source.manual if item.file in files
+        ],
+    }
+    return {kind: pins for kind, pins in entry.items() if pins}
+
+
+def _pinned_files(source: Source, entry: dict) -> dict[str, str]:
+    """The sha256 a lock entry pins for each file the source declares, by its path in the source's folder
+    (pins of repos and URLs no longer declared are left out)."""
+    into = {repo.repo: repo.into for repo in source.hub}
+    names = {item.url: item.file for item in source.web}
+    pins = {
+        posixpath.normpath(posixpath.join(into[pin["repo"]], path)): digest
+        for pin in entry.get("hub", [])
+        if pin["repo"] in into
+        for path, digest in pin["files"].items()
+    }
+    pins |= {names[pin["url"]]: pin["sha256"] for pin in entry.get("web", []) if pin["url"] in names}
+    pins |= {pin["file"]: pin["sha256"] for pin in entry.get("manual", [])}
+    return pins
+
+
+def _locked_commits(source: Source, locked: dict) -> dict[str, str]:
+    """The commit the lock pins for each Hub repo of the source at its declared revision, by repo. A repo
+    declared since, or at another branch or tag, has none: it is resolved anew and its pins learned."""
+    revisions = {repo.repo: repo.revision for repo in source.hub}
+    return {
+        pin["repo"]: pin["commit"]
+        for pin in locked.get("hub", [])
+        if revisions.get(pin["repo"]) in (pin["revision"], pin["commit"])
+    }
+
+
+def _check_declared(source: Source, locked: dict, lock: Path) -> None:
+    """Stop before anything is fetched where the lock pins other bytes than config/sources.yaml declares:
+    another commit for a repo declared at a commit, another sha256 for a file declared with one."""
+    commits = {pin["repo"]: pin["commit"] for pin in locked.get("hub", [])}
+    digests = _pinned_files(source, locked)
+    contradictions = [
+        f"{repo.repo} at commit {repo.revision}, the lock at {commits[repo.repo]}"
+        for repo in source.hub
+        if COMMIT.fullmatch(repo.revision) and commits.get(repo.repo, repo.revision) != repo.revision
+    ] + [
+        f"{item.file} with sha256 {item.sha256}, the lock with {digests[item.file]}"
+        for item in (*source.web, *source.manual)
+        if item.sha256 is not None and digests.get(item.file, item.sha256) != item.sha256
+    ]
+    if contradictions:
+        raise LockFileError(
+            f"{source.name}: config/sources.yaml declares {'; '.join(contradictions)} ({lock}). If the "
+            f"declaration is the one intended, renew the lock: `cumo download {source.name} --update-lock`; "
+            "if not, fix config/sources.yaml."
+        )
+
+
+def _check_pinned(source: Source, folder: Path, pins: dict, locked: dict, lock: Path) -> None:
+    """Stop where a file's sha256 (in `pins`, this download's) differs from the one the lock pins. A fetched
+    file that differs is deleted, so it does not pass for checked (issue 17); one placed by hand is kept."""
+    fetched_at = {(pin["repo"], pin["commit"]) for pin in pins.get("hub", [])}
+    locked = locked | {
+        "hub": [pin for pin in locked.get("hub", []) if (pin["repo"], pin["commit"]) in fetched_at]
+    }
+    pinned = _pinned_files(source, locked)
+    differ = {
+        path: digest
+        for path, digest in _pinned_files(source, pins).items()
+        if pinned.get(path, digest) != digest
+    }
+    if not differ:
+        return
+    placed = {item.file for item in source.manual}
+    for path in differ.keys() - placed:
+        (folder / path).unlink()
+    raise ChecksumError(
+        f"{source.name}: "
+        + "; ".join(
+            f"{folder / path} has sha256 {digest}, but {lock} pins {pinned[path]}"
+            for path, digest in differ.items()
+        )
+        + ". Fetched files that differ were deleted, files placed by hand kept. If the change upstream is the "
+        f"one intended (a new release), renew the pins: `cumo download {source.name} --update-lock`, and commit "
+        f"{lock}; if not, the source serves other bytes than its first download got: check {source.page}."
+    )
+
+
 # -- One source, end to end ----------------------------------------------------------------------------------
 
 
@@ -757,40 +867,65 @@ def source_module(name: str):
     return importlib.import_module(module) if importlib.util.find_spec(module) else None
 
 
-@contextmanager
-def _exclusive(lock: Path):
-    """One process at a time per source: two runs (two Snakemake jobs, a user and a job) never share a .part."""
-    with open(lock, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+def _done(source: Source, marker: Path, lock: Path) -> dict:
+    """The record of a source done already. One the lock does not know yet (downloaded before the lock
+    existed) has its pins learned from the record, which holds every digest its download checked."""
+    tqdm.write(f"{source.name}: done already ({marker})")
+    record = json.loads(marker.read_text())
+    if source.name not in lockfile.read(lock):
+        lockfile.record(lock, source.name, lock_entry(source, record["hub"], record["sha256"]))
+        tqdm.write(f"{source.name}: pins learned from {marker}, recorded in {lock}")
+    return record
 
 
-def _announce_unknown(path: Path, digest: str) -> None:
-    tqdm.write(f"{path}: sha256 {digest} (not declared yet: put `sha256: {digest}` in config/sources.yaml)")
-
-
-def download_source(source: Source, data_root: str | Path) -> dict:
+def download_source(
+    source: Source,
+    data_root: str | Path,
+    lock: str | Path = "config/sources.lock.yaml",
+    update_lock: bool = False,
+) -> dict:
     """Fetch, verify, extract and convert one source into the data tree; return its marker's record.
 
-    Order: files placed by hand and tokens for gated repos are checked first (stop with instructions
-    before anything is fetched); then Hub repos, web files, extraction (checking `expect`), the source
-    module's `fetch` and `convert`; the marker is written last. With the marker present, nothing is done.
+    Order: the lock's pins are checked against the declared ones, files placed by hand and tokens for gated
+    repos are checked (stop with instructions before anything is fetched); then Hub repos (at the locked
+    commits), web files, their digests against the locked ones, extraction (checking `expect`), the source
+    module's `fetch` and `convert`; the pins the lock lacks are recorded in it, and the marker is written last.
+    With the marker present, nothing is fetched.
+
+    `update_lock` renews the source's pins on purpose, marker or not: its Hub revisions are resolved anew,
+    files already in place are kept where they pass the declared checks (delete one to fetch it anew), and
+    every digest is recorded in the lock again.
     """
     data_root = Path(data_root)
+    lock = Path(lock)
     folder = data_root / source.folder
     marker = marker_path(source, data_root)
-    if marker.is_file():
-        tqdm.write(f"{source.name}: done already ({marker})")
-        return json.loads(marker.read_text())
+    if marker.is_file() and not update_lock:
+        return _done(source, marker, lock)
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder / f".{source.name}.lock"):
-        if marker.is_file():  # another process finished it while this one waited
-            return json.loads(marker.read_text())
+    # One process at a time per source: two runs (two Snakemake jobs, a user and a job) never share a .part.
+    with exclusive(folder / f".{source.name}.lock"):
+        if marker.is_file() and not update_lock:  # another process finished it while this one waited
+            return _done(source, marker, lock)
+        marker.unlink(missing_ok=True)  # renewed: not done until its new pins are recorded
+        locked = {} if update_lock else lockfile.read(lock).get(source.name, {})
+        _check_declared(source, locked, lock)
+        commits = _locked_commits(source, locked)
         files = check_manual(source, folder)
         check_tokens(source, folder)
-        hub = [fetch_hub(repo, folder / repo.into) for repo in source.hub]
+        for repo in source.hub:
+            if repo.repo not in commits and not COMMIT.fullmatch(repo.revision):
+                warnings.warn(
+                    f"{repo.repo}: revision {repo.revision!r} is not a commit: this download pins the commit it "
+                    f"resolves to now in {lock}, for every later download; commit that file (or put the commit "
+                    "in config/sources.yaml)",
+                    stacklevel=2,
+                )
+        hub = [fetch_hub(repo, folder / repo.into, commits.get(repo.repo)) for repo in source.hub]
         for item in source.web:
             files[item.file] = fetch_url(item.url, folder / item.file, item.sha256)
+        pins = lock_entry(source, hub, files)
+        _check_pinned(source, folder, pins, locked, lock)
         extracted = {}
         for step in source.extract:
             archives = sorted(folder.glob(step.archive))
@@ -821,11 +956,13 @@ def download_source(source: Source, data_root: str | Path) -> dict:
                         "CuMo's JSONs refer to: the archive's layout differs. Look inside it and fix extract "
                         f"of {source.name} in config/sources.yaml."
                     )
-        # Digests to declare are offered once the files passed every check, extraction included.
-        declared = {item.file: item.sha256 for item in (*source.web, *source.manual)}
-        for name, digest in files.items():
-            if declared[name] is None:
-                _announce_unknown(folder / name, digest)
+        # Digests learned are shown once the files passed every check, extraction included.
+        known = _pinned_files(source, locked)
+        for item in (*source.web, *source.manual):
+            if item.sha256 is None and item.file not in known:
+                tqdm.write(
+                    f"{folder / item.file}: sha256 {files[item.file]} (not declared: pinned in {lock})"
+                )
         record = {
             "source": source.name,
             "page": source.page,
@@ -842,6 +979,9 @@ def download_source(source: Source, data_root: str | Path) -> dict:
                 for output, entries in module.convert(data_root, source.folder).items()
             }
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        if pins != locked:
+            lockfile.record(lock, source.name, pins)
+            tqdm.write(f"{source.name}: pins recorded in {lock}: commit it")
         _write_atomic(marker, json.dumps(record, indent=2) + "\n")
     tqdm.write(f"{source.name}: done ({marker})")
     return record
@@ -866,12 +1006,23 @@ def source_folder(name: str, data_root: str | Path, config: str | Path = "config
 
 
 def download(
-    names: Iterable[str], data_root: str | Path, config: str | Path = "config/sources.yaml"
+    names: Iterable[str],
+    data_root: str | Path,
+    config: str | Path = "config/sources.yaml",
+    lock: str | Path | None = None,
+    update_lock: bool = False,
 ) -> list[dict]:
     """Download the named sources and the sources they require (requirements first) into `data_root`.
 
-    `config` declares the sources (see config/sources.yaml); sources already done are skipped. Returns
-    every source's marker record.
+    `config` declares the sources (see config/sources.yaml); sources already done are skipped. `lock` holds
+    the pins learned on first download, by default the lock kept with `config` (config/sources.lock.yaml);
+    `update_lock` renews the named sources' pins (not those of the sources they require, which are checked
+    as always). Returns every source's marker record.
     """
+    names = list(names)
     sources = load_sources(config)
-    return [download_source(source, data_root) for source in plan(names, sources)]
+    lock = lockfile.default_path(config) if lock is None else lock
+    return [
+        download_source(source, data_root, lock, update_lock and source.name in names)
+        for source in plan(names, sources)
+    ]

@@ -43,6 +43,10 @@ PAPER_JUDGES = {
 JUDGED = tuple(PAPER_JUDGES)
 # Sources declared for `cumo download` (its default --config): a source's marker path and what it requires.
 SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
+# The pins each download job checks, or learns on a source's first download (cumo/data/lockfile.py), committed
+# with the declarations. No output: every job writes it (they merge their entries under a file lock), and
+# Snakemake would delete it before each one. No input either: renewing a pin re-downloads nothing done.
+SOURCES_LOCK = "config/sources.lock.yaml"
 
 MODELS = list(config["models"])
 TRAINED = [name for name, model in config["models"].items() if "preset" in model]

@@ -3,7 +3,7 @@
 
 
 # One job per source; its marker is the only output, so the fetched files (often hundreds of GB, resumed
-# with Range requests) are never deleted by Snakemake before a retry.
+# with Range requests) are never deleted by Snakemake before a retry, nor the lock file it writes pins to.
 rule download:
     input:
         required_markers,
@@ -17,8 +17,9 @@ rule download:
         "../../envs/data.yaml"
     params:
         data_root=DATA,
+        lock=SOURCES_LOCK,
     shell:
-        "cumo download {wildcards.source} --data-root {params.data_root} > {log} 2>&1"
+        "cumo download {wildcards.source} --data-root {params.data_root} --lock {params.lock} > {log} 2>&1"
 
 
 rule synthetic:
