@@ -131,7 +131,8 @@ def test_val_oracle_scores_100(folder):
     replies = [annotations[q.question_id]["multiple_choice_answer"].capitalize() + "." for q in questions]
     result = score_val(folder, answered(questions, replies))
     assert result.headline == 100.0 and result.n == len(questions)
-    assert result.metrics["evaluator"].startswith("GT-Vision-Lab/VQA vqaEval.py a013f00")  # said in metrics.json
+    # metrics.json says which evaluator scored.
+    assert result.metrics["evaluator"].startswith("GT-Vision-Lab/VQA vqaEval.py a013f00")
 
 
 def test_val_all_yes_scores_by_hand(folder):
