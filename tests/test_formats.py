@@ -1,6 +1,7 @@
-"""The 13 benchmarks read through their own readers (and scored, where no judge is needed) on files in the
-upstream formats: tests/fixtures/formats/<folder>/ is laid out as `cumo download eval_<name>` puts it under
-<data_root>/eval/<folder>/, in the schema of the files upstream publishes (SOURCES.md beside the fixtures says
+"""The 13 benchmarks read through their own readers (and scored, where no judge is needed), and the training
+mixtures built, from files in the upstream formats: tests/fixtures/formats/<folder>/ is laid out as `cumo
+download eval_<name>` puts it under <data_root>/eval/<folder>/, and training/ as the training sources put their
+JSONs under the data root, in the schema of the files upstream publishes (SOURCES.md beside the fixtures says
 which file at which commit each follows, and what in them is ours). The expected values below are read off
 the fixture files by hand, not off the readers. Images are generated here, named as the files name them."""
 
@@ -9,11 +10,13 @@ import json
 import math
 import random
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 from PIL import Image
 
+from cumo.data.download import load_sources
+from cumo.data.mixture import build_mixture, under_data_root
 from cumo.data.skips import SkipCounter
 from cumo.data.sources import read_json
 from cumo.data.synthetic_benchmarks import MATHVISTA_FEATURES, MMMU_FEATURES, Writer
@@ -24,6 +27,7 @@ from cumo.eval.metrics.mmmu import SUBJECTS
 from tests.predictions import answered
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
+SOURCES_YAML = Path(__file__).parents[1] / "config" / "sources.yaml"
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
 GENERATED = "<generated>"  # an image cell of a parquet fixture: the bytes are made here
@@ -337,3 +341,43 @@ def test_llava_wild(tmp_path):
     assert (
         "[Assistant 1]\nFlour, eggs, butter and a rolling pin point to pastry or cookies." in judge.asked[2]
     )
+
+
+# -- Training mixtures: the published JSONs' image paths against where the sources put their files -------------
+
+# file under training/ -> (the folder its image paths are relative to, entries per source as counted by hand)
+MIXTURES = {
+    "llava/llava_pretrain/blip_laion_cc_sbu_558k.json": ("llava/llava_pretrain/images", {"llava": 2}),
+    "jsons/llava_v1_5_mix665k.json": (
+        "",
+        {"coco": 1, "gqa": 1, "ocr_vqa": 1, "textvqa": 1, "vg": 1, "text": 1},
+    ),
+    "sharegpt4v/sharegpt4v_mix665k_cap23k_coco-ap9k_lcs3k_sam9k_div2k.json": (
+        "",
+        {"llava": 1, "sam": 1, "share_textvqa": 1, "web-celebrity": 1, "wikiart": 1},
+    ),
+    "jsons/cumo_pft_allava.json": ("", {"ALLaVA": 2}),
+}
+
+
+@pytest.mark.parametrize("mixture", MIXTURES)
+def test_training_mixture(tmp_path, mixture):
+    image_folder, composition = MIXTURES[mixture]
+    entries = read_json(FIXTURES / "training" / mixture)
+    images = [under_data_root(entry.get("image"), image_folder) for entry in entries]
+    folders = [source.folder for source in load_sources(SOURCES_YAML).values()]
+    for image in filter(None, images):  # each lies in the folder config/sources.yaml gives a source
+        assert any(PurePosixPath(image).is_relative_to(folder) for folder in folders), image
+        (tmp_path / "data" / image).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / image).write_bytes(image_bytes(Path(image).suffix))
+    stats = build_mixture(
+        [FIXTURES / "training" / mixture],
+        tmp_path / "mixture.arrow",
+        tmp_path / "mixture.stats.json",
+        tmp_path / "data",
+        image_folder=image_folder,
+        verify_images=True,
+        max_skipped_share=0.0,
+    )
+    assert stats["entries"]["kept"] == len(entries)
+    assert {source: counts["kept"] for source, counts in stats["composition"].items()} == composition
