@@ -6,6 +6,7 @@ files shaped as upstream publishes them, rebuild that layout byte for byte: a Hu
 archives (MM-Vet, GQA, with LLaVA's eval.zip before them) and a registration-only benchmark (MME)."""
 
 import fnmatch
+import hashlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from cumo.data.download import (
+    ChecksumError,
     ManualStepNeeded,
     Source,
     download,
@@ -43,6 +45,7 @@ LLAVA_QUESTION_FILES = (
     "vqav2/llava_vqav2_mscoco_test-dev2015.jsonl",
     "vqav2/llava_vqav2_mscoco_test2015.jsonl",
 )
+POPE_LABEL_FILES = tuple(f"coco/coco_pope_{setting}.json" for setting in ("adversarial", "popular", "random"))
 # The tiny world's VQAv2 val files (a local accuracy) have no upstream counterpart to download.
 NOT_DOWNLOADED = {
     "vqav2/llava_vqav2_mscoco_val2014.jsonl",
@@ -80,9 +83,17 @@ def llava_eval_zip(eval_root: Path) -> bytes:
     return zip_bytes({name: (eval_root / name).read_bytes() for name in LLAVA_QUESTION_FILES})
 
 
-def shipped_config(tmp_path: Path, names: list[str], server: FileServer, content: dict[str, bytes]) -> Path:
+def shipped_config(
+    tmp_path: Path,
+    names: list[str],
+    server: FileServer,
+    content: dict[str, bytes],
+    declare_served: bool = True,
+) -> Path:
     """The shipped declarations of `names` and what they require, written to tmp_path with every web address
-    moved to `server` (same path and query), which answers it with `content[<the file it declares>]`."""
+    moved to `server` (same path and query), which answers it with `content[<the file it declares>]`.
+    A declared sha256 is the real file's; with `declare_served` the copy declares the served stand-in's instead,
+    so that the check still runs and passes."""
     raw = yaml.safe_load(SOURCES_YAML.read_text())
     order = plan(names, load_sources(SOURCES_YAML))
     for source in order:
@@ -90,6 +101,8 @@ def shipped_config(tmp_path: Path, names: list[str], server: FileServer, content
             url = urlsplit(item["url"])
             server.files[url.path] = content[declared.file]
             item["url"] = f"{server.url}{url.path}" + (f"?{url.query}" if url.query else "")
+            if declare_served and item["sha256"] is not None:
+                item["sha256"] = hashlib.sha256(content[declared.file]).hexdigest()
     config = tmp_path / "sources.yaml"
     config.write_text(yaml.safe_dump({source.name: raw[source.name] for source in order}))
     return config
@@ -126,6 +139,9 @@ def test_the_issues_upstream_sources_are_the_ones_declared(sources):
     assert all(
         "e3e39262c85a6a83f26cf5094022a782cb0df58d" in item.url for item in sources["eval_pope"].web[:3]
     )
+    # ScienceQA's files at a commit, not at `main`.
+    github = [item.url for item in sources["eval_sqa"].web if "githubusercontent" in item.url]
+    assert len(github) == 2 and all("/2cbf8318e07b9ece895bb2ae605e71e38d623264/" in url for url in github)
 
 
 def produced_by(source: Source, path: str) -> bool:
@@ -231,6 +247,19 @@ def test_gqa_takes_only_the_test_dev_questions_out_of_the_question_archive(eval_
         _, record = download(["eval_gqa"], tmp_path / "data", config)
     assert files_under(tmp_path / "data/eval/gqa") == gqa
     assert record["extracted"] == {"questions1.2.zip": 1, "images.zip": len(gqa) - 2}
+
+
+def test_pinned_digests_refuse_other_bytes(eval_root, tmp_path):
+    """POPE's label files at another commit than e3e39262 (here: the tiny world's) are not taken."""
+    with FileServer({}) as server:
+        content = {name: (eval_root / "pope" / name).read_bytes() for name in POPE_LABEL_FILES}
+        content |= {"eval/eval.zip": llava_eval_zip(eval_root), "val2014.zip": zip_bytes({})}
+        config = shipped_config(tmp_path, ["eval_pope"], server, content, declare_served=False)
+        with pytest.raises(
+            ChecksumError, match=r"coco_pope_adversarial\.json: downloaded from .* but config/sources"
+        ):
+            download(["eval_pope"], tmp_path / "data", config)
+    assert not (tmp_path / "data/eval/pope/coco/coco_pope_adversarial.json").exists()
 
 
 def test_mme_stops_with_the_registration_steps_then_takes_the_archive(sources, eval_root, tmp_path):

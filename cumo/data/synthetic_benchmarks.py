@@ -334,8 +334,9 @@ class Writer:
         """Rows as the Hub stores them: parquet whose schema metadata carries the `datasets` features, columns
         in the features' order."""
         path = self.path(relative)
-        rows = [{name: row[name] for name in features} for row in rows]
-        pq.write_table(Dataset.from_list(rows, features=features).data.table, path)
+        # By column: a shard without rows is a shard too.
+        columns = {name: [row[name] for row in rows] for name in features}
+        pq.write_table(Dataset.from_dict(columns, features=features).data.table, path)
         return path
 
 

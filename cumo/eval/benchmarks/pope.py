@@ -11,6 +11,10 @@ Prompt: the question file's text as it is (model_vqa_loader.py), 128 new tokens 
 Scoring: LLaVA's llava/eval/eval_pope.py (`cumo.eval.metrics.pope`), which pairs a setting's answers with its
 label file by position: here the questions of a setting, in question-file order, with the label lines in
 order, each pair checked to ask the same question.
+
+Only POPE's files at commit e3e39262 pair with LLaVA's question file (3,000 + 3,000 + 2,910 questions, typos
+such as "imange" on both sides). From edebdda ("Fix spelling errors") on, the repo rewords lines and holds
+3,000 random questions; such files fail the pairing, and the error names the commit to fetch.
 """
 
 from pathlib import Path
@@ -21,6 +25,12 @@ from cumo.eval.metrics.pope import binary_metrics, parse_yes_no
 
 QUESTION_FILE = "llava_pope_test.jsonl"
 SETTINGS = ("adversarial", "popular", "random")
+LABEL_COMMIT = "e3e39262c85a6a83f26cf5094022a782cb0df58d"  # AoiDragon/POPE, the commit LLaVA's docs link
+OTHER_COMMIT = (
+    f"LLaVA's {QUESTION_FILE} pairs only with AoiDragon/POPE's output/coco files at commit {LABEL_COMMIT} "
+    "(3,000 adversarial, 3,000 popular, 2,910 random lines; later commits reword questions and hold 3,000 random "
+    "ones): fetch those, `cumo download eval_pope`"
+)
 
 
 def questions(folder: Path) -> list[Question]:
@@ -49,14 +59,15 @@ def score(folder: Path, predictions: list[dict], judge=None) -> Result:
         mine = [pair for pair in zip(asked, said, strict=True) if pair[0].metadata["category"] == setting]
         if len(mine) != len(labels):
             raise ValueError(
-                f"{folder / QUESTION_FILE} has {len(mine)} {setting} questions, {label_file} {len(labels)} labels"
+                f"{label_file} has {len(labels)} labels, {folder / QUESTION_FILE} {len(mine)} {setting} "
+                f"questions. {OTHER_COMMIT}"
             )
         for (question, _), label in zip(mine, labels, strict=True):
             if not question.text.startswith(label["text"]):
                 raise ValueError(
-                    f"{label_file} and {folder / QUESTION_FILE} are not in the same order: label "
+                    f"{label_file} and {folder / QUESTION_FILE} are not in the same order or wording: label "
                     f"{label['question_id']} asks {label['text']!r}, question {question.question_id} "
-                    f"{question.text!r}"
+                    f"{question.text!r}. {OTHER_COMMIT}"
                 )
         counts = binary_metrics([answer for _, answer in mine], [label["label"] for label in labels])
         per_setting[setting] = {

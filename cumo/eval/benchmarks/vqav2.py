@@ -13,7 +13,8 @@ Local accuracy, for a check without the server, is on val2014: `val_questions(fo
 llava_vqav2_mscoco_val2014.jsonl (the test files' schema; LLaVA ships none, so write it from
 v2_OpenEnded_mscoco_val2014_questions.json with the suffix appended, images in val2014/), and
 `score_val(folder, predictions)` scores answers to those questions with the official VQA evaluator's accuracy
-(`cumo.eval.metrics.vqa.vqa_accuracy`) against v2_mscoco_val2014_annotations.json, overall and per answer type.
+(`cumo.eval.metrics.vqa.vqa_accuracy`, vqaEval.py as it stands since 2021; metrics.json names it under
+`evaluator`) against v2_mscoco_val2014_annotations.json, overall and per answer type.
 One BENCHMARK (test-dev, the paper's column) keeps the table to the paper's protocol; val is a separate
 question set, run by calling these two functions with the same generation code.
 
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from cumo.eval.benchmark import Benchmark, Question, Result
 from cumo.eval.benchmarks.common import read_json, read_jsonl, replies
-from cumo.eval.metrics.vqa import normalize_answer, vqa_accuracy
+from cumo.eval.metrics.vqa import VQA_EVALUATOR, normalize_answer, vqa_accuracy
 
 TEST_DEV = "llava_vqav2_mscoco_test-dev2015.jsonl"
 TEST = "llava_vqav2_mscoco_test2015.jsonl"
@@ -101,7 +102,7 @@ def score_val(folder: Path, predictions: list[dict], judge=None) -> Result:
         per_type["overall"].append(accuracy)
         per_type[annotation["answer_type"]].append(accuracy)
     metrics = {name: 100 * sum(values) / len(values) for name, values in per_type.items()}
-    return Result(headline=metrics["overall"], metrics=metrics, n=len(asked))
+    return Result(headline=metrics["overall"], metrics={**metrics, "evaluator": VQA_EVALUATOR}, n=len(asked))
 
 
 BENCHMARK = Benchmark(

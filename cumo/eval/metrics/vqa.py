@@ -9,9 +9,13 @@ Three public pieces of code are reproduced, quirks included, because the publish
 - `textvqa_accuracy` is m4c's `TextVQAAccuracyEvaluator` (LLaVA llava/eval/eval_textvqa.py): prediction and
   the ten human answers normalised alike; the score is min(1, matches / 3) averaged over the ten subsets of
   nine answers that leave one annotator out.
-- `vqa_accuracy` is the official VQA evaluator (GT-Vision-Lang-Lab/VQA PythonEvaluationTools/vqaEvaluation/
-  vqaEval.py): the prediction gets punctuation and digit/article processing; the human answers get
-  punctuation processing only, and only when they disagree; then the same leave-one-out formula.
+- `vqa_accuracy` is the official VQA evaluator as it stands now (GT-Vision-Lab/VQA
+  PythonEvaluationTools/vqaEvaluation/vqaEval.py at a013f00, 2021, "Fixed processing answers bug"): prediction
+  and human answers on one line and stripped; when the humans disagree, all of them and the prediction get
+  punctuation and digit/article processing; when they agree, none does; then the same leave-one-out formula.
+  The 2016 version (458a8b2) processed the prediction always and the humans with punctuation only, when they
+  disagreed: "dark-red" against ten "dark-red" scored 0 there, and "dog" against "the dog"/"a dog" 0; both
+  score 1 now. It is not kept: no number this project reports comes from it.
 """
 
 import re
@@ -104,11 +108,15 @@ def process_digit_article(text: str) -> str:
     return " ".join(CONTRACTIONS.get(word, word) for word in words if word not in ARTICLES)
 
 
+def one_line(text: str) -> str:
+    """Newlines and tabs as spaces, stripped: what both EvalAI and vqaEval.py do first."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(answer: str) -> str:
     """EvalAI's answer processor (m4c_evaluator.EvalAIAnswerProcessor.__call__)."""
     answer = answer.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
-    answer = answer.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(answer))
+    return process_digit_article(process_punctuation(one_line(answer)))
 
 
 def leave_one_out(prediction: str, answers: list[str]) -> float:
@@ -127,11 +135,14 @@ def textvqa_accuracy(prediction: str, answers: list[str]) -> float:
     return leave_one_out(normalize_answer(prediction), [normalize_answer(answer) for answer in answers])
 
 
+# Which vqaEval.py `vqa_accuracy` reproduces; written into the metrics it computes.
+VQA_EVALUATOR = "GT-Vision-Lab/VQA vqaEval.py a013f0043c1e2cdc995922dfe257f7149aa9af06 (2021)"
+
+
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """One VQAv2 question's accuracy in [0, 1], as the official evaluator computes it."""
-    prediction = process_digit_article(
-        process_punctuation(prediction.replace("\n", " ").replace("\t", " ").strip())
-    )
-    if len(set(answers)) > 1:
-        answers = [process_punctuation(answer) for answer in answers]
+    """One VQAv2 question's accuracy in [0, 1], as the official evaluator (VQA_EVALUATOR) computes it."""
+    prediction, answers = one_line(prediction), [one_line(answer) for answer in answers]
+    if len(set(answers)) > 1:  # asked after the strip, as upstream asks it
+        prediction = process_digit_article(process_punctuation(prediction))
+        answers = [process_digit_article(process_punctuation(answer)) for answer in answers]
     return leave_one_out(prediction, answers)
