@@ -32,16 +32,24 @@ def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return square
 
 
-def add_image_token(tokenizer: PreTrainedTokenizerBase, model) -> int:
-    """Give the tokenizer the image token (if it lacks it), grow the model's embeddings, set the config's id."""
-    token = model.config.image_token
+def image_token_vocab(tokenizer: PreTrainedTokenizerBase, config: CumoConfig) -> int:
+    """Give the tokenizer the image token (if it lacks it) and the config its id; the vocabulary size the
+    embeddings need: the config's, or the tokenizer's when the token lies beyond it. A conversion that writes
+    the embeddings without building the model grows them itself (convert.py)."""
+    token = config.image_token
     if token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [token]})
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id >= model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.image_token_id = token_id
-    return token_id
+    config.image_token_id = tokenizer.convert_tokens_to_ids(token)
+    vocab = config.text_config.vocab_size
+    return len(tokenizer) if config.image_token_id >= vocab else vocab
+
+
+def add_image_token(tokenizer: PreTrainedTokenizerBase, model) -> int:
+    """Give the tokenizer the image token (if it lacks it), grow the model's embeddings, set the config's id."""
+    vocab = image_token_vocab(tokenizer, model.config)
+    if vocab > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(vocab)
+    return model.config.image_token_id
 
 
 class CumoProcessor:
