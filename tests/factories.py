@@ -15,22 +15,6 @@ def make_model(preset: str = "tiny", moe: bool = True, dtype=torch.float32, seed
     return model
 
 
-def word_tokenizer(vocab_size: int):
-    """A tokenizer of `vocab_size` words and no image token, as Mistral's is to a released checkpoint."""
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    special = ["<unk>", "<s>", "</s>", "<pad>"]
-    words = {token: i for i, token in enumerate(special + [f"w{i}" for i in range(len(special), vocab_size)])}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(words, unk_token="<unk>")),
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-    )
-
-
 def make_batch(config, prompt_lengths=(30, 30), images=(True, True), dtype=torch.float32, seed: int = 1):
     """Right-aligned (left-padded) random prompts; an image's tokens start at position 3 of its prompt."""
     generator = torch.Generator().manual_seed(seed)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import MixtralForCausalLM
 
+from cumo.bench.convert import word_tokenizer
 from cumo.cli import main
 from cumo.data.synthetic import build_tokenizer
 from cumo.model.convert import convert_directory, from_released, load_released, save_released, to_released
@@ -22,7 +23,7 @@ from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.processing_cumo import CumoProcessor
 from cumo.model.weights import SAFETENSORS_INDEX, CheckpointError
 
-from .factories import make_batch, make_model, word_tokenizer
+from .factories import make_batch, make_model
 
 # The released keys, as listed for shi-labs/CuMo-mistral-7b and shi-labs/CuMo-mixtral-8x7b.
 RELEASED_KEY = re.compile(
