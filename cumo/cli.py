@@ -230,7 +230,9 @@ def convert(args) -> None:
     shard it writes and the tensors it is making, never the model."""
     from cumo.model.convert import convert_directory
 
-    convert_directory(args.src, args.out, args.direction, args.max_shard_size)
+    if args.preset and args.direction != "from-released":
+        raise ValueError("--preset checks a released checkpoint: it goes with from-released")
+    convert_directory(args.src, args.out, args.direction, args.max_shard_size, args.preset)
 
 
 def report_tables(args) -> None:
@@ -460,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=byte_size,
         default="5GB",
         help="largest safetensors shard written, and so about the most the conversion holds (default: 5GB)",
+    )
+    sub.add_argument(
+        "--preset",
+        help="from-released: refuse a checkpoint whose architecture is not this preset's (cumo/model/presets.py)",
     )
     return parser
 

@@ -202,3 +202,27 @@ def test_a_foreign_key_stops_the_streamed_conversion_before_it_writes(tmp_path):
     ):
         convert_directory(tmp_path / "released", tmp_path / "ours", "from-released")
     assert not (tmp_path / "ours").exists()
+
+
+def test_a_checkpoint_of_another_architecture_than_its_preset_is_refused_naming_the_differences(tmp_path):
+    """The workflow plans a released source's evaluation from its preset before the download; the conversion
+    holds the checkpoint to it."""
+    save_released(make_model("tiny-mixtral"), tmp_path / "released")
+    build_tokenizer().save_pretrained(tmp_path / "released")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "convert",
+                "from-released",
+                str(tmp_path / "released"),
+                str(tmp_path / "ours"),
+                "--preset",
+                "tiny",
+            ]
+        )
+    with pytest.raises(
+        ValueError, match=r"not the architecture of preset tiny: text_config.num_local_experts 4 "
+    ):
+        convert_directory(tmp_path / "released", tmp_path / "ours", "from-released", preset="tiny")
+    assert not (tmp_path / "ours").exists()
+    convert_directory(tmp_path / "released", tmp_path / "ours", "from-released", preset="tiny-mixtral")

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, CLIPVisionConfig, MistralConfig, Mixtral
 
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
-from cumo.model.presets import CLIP_VIT_L_14_336
+from cumo.model.presets import CLIP_VIT_L_14_336, build_config
 from cumo.model.processing_cumo import CumoProcessor, image_token_vocab
 from cumo.model.weights import (
     Checkpoint,
@@ -227,6 +227,33 @@ def config_from_released(released: dict, source: str = "config.json") -> CumoCon
     return CumoConfig(vision_config=vision, text_config=text_class(**text), dtype=dtype, **ours)
 
 
+# What a preset fixes of the architecture: the sizes of every tensor (the memory plan counts them) and the MoE.
+ARCHITECTURE = {
+    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"),
+    "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "num_local_experts", "vocab_size"),
+    None: ("projector_type", "clip_moe", "num_experts", "num_experts_per_tok"),
+}  # fmt: skip
+
+
+def check_preset(config: CumoConfig, preset: str, source: str) -> None:
+    """A released checkpoint's config must have the architecture of `preset` after sft (co-upcycled), which
+    the workflow planned its evaluation from before the download."""
+    expected = build_config(preset, moe=True)
+    differences = []
+    for part, keys in ARCHITECTURE.items():
+        ours, theirs = (getattr(config, part), getattr(expected, part)) if part else (config, expected)
+        differences += [
+            f"{part + '.' if part else ''}{key} {getattr(ours, key, None)} (the preset's {getattr(theirs, key, None)})"
+            for key in keys
+            if getattr(ours, key, None) != getattr(theirs, key, None)
+        ]
+    if differences:
+        raise ValueError(
+            f"{source}: not the architecture of preset {preset}: {', '.join(differences)}. Name the preset it has "
+            "(the config's models.<name>.preset), or leave it out for a local directory"
+        )
+
+
 def read_released_config(directory: str | Path) -> CumoConfig:
     path = Path(directory) / "config.json"
     return config_from_released(json.loads(path.read_text()), str(path))
@@ -266,13 +293,20 @@ def write_released(
 
 
 def convert_directory(
-    src: str | Path, out: str | Path, direction: str, max_shard_bytes: int = 5 * 10**9
+    src: str | Path,
+    out: str | Path,
+    direction: str,
+    max_shard_bytes: int = 5 * 10**9,
+    preset: str | None = None,
 ) -> None:
-    """`from-released`: a released checkpoint (with its tokenizer) -> our model directory, image token added.
-    `to-released`: our model directory -> the released layout, tokenizer alongside. Both in the checkpoint's
-    dtype, streamed tensor by tensor into shards of at most `max_shard_bytes`."""
+    """`from-released`: a released checkpoint (with its tokenizer) -> our model directory, image token added;
+    with `preset`, the checkpoint must have its architecture. `to-released`: our model directory -> the
+    released layout, tokenizer alongside. Both in the checkpoint's dtype, streamed tensor by tensor into shards
+    of at most `max_shard_bytes`."""
     if direction == "from-released":
         config = read_released_config(src)
+        if preset:
+            check_preset(config, preset, str(Path(src) / "config.json"))
         tokenizer = AutoTokenizer.from_pretrained(src)
         config.text_config.vocab_size = image_token_vocab(tokenizer, config)
         model = build_meta(config, config.dtype)
