@@ -16,7 +16,7 @@ and no CLIP post-layernorm. Its config.json is a Mistral/Mixtral config with CuM
 vision tower is named, not described (`mm_vision_tower`), so we write its config as an extra
 `vision_config` key, which CuMo's loader ignores, and read it back when present. A released checkpoint
 has no image token in its vocabulary (CuMo splices images in at the sentinel id -200): its tokenizer gets
-one with `processing_cumo.add_image_token`, and the embeddings a row for it.
+one (`processing_cumo.image_token_vocab`), and the embeddings and the head a row for it (`weights.grow_rows`).
 
 Both directions stream (`weights.save_from_recipe`): one tensor is read, renamed, stacked or split and
 written at a time, in safetensors shards, so a conversion holds at most one shard it writes and the tensors
@@ -227,7 +227,8 @@ def config_from_released(released: dict, source: str = "config.json") -> CumoCon
     return CumoConfig(vision_config=vision, text_config=text_class(**text), dtype=dtype, **ours)
 
 
-# What a preset fixes of the architecture: the sizes of every tensor (the memory plan counts them) and the MoE.
+# What a preset fixes of the architecture: the sizes of every tensor (the memory plan counts them) and the MoE;
+# by sub-config, None for CumoConfig's own fields.
 ARCHITECTURE = {
     "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"),
     "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "num_local_experts", "vocab_size"),
@@ -270,7 +271,7 @@ def load_released(directory: str | Path, dtype: torch.dtype = torch.float32) -> 
 
 def save_released(
     model: CumoForConditionalGeneration, directory: str | Path, max_shard_bytes: int = 5 * 10**9
-):
+) -> None:
     """Write `model` in the released layout: config.json and its safetensors shards (with their index when
     there are several)."""
     state = InMemory(model.state_dict(), "the model")
