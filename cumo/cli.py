@@ -226,10 +226,13 @@ def upcycle(args) -> None:
 
 
 def convert(args) -> None:
-    """Convert between the released CuMo checkpoint layout and ours (transformers save_pretrained)."""
+    """Convert between the released CuMo checkpoint layout and ours, a tensor at a time: the process holds one
+    shard it writes and the tensors it is making, never the model."""
     from cumo.model.convert import convert_directory
 
-    convert_directory(args.src, args.out, args.direction)
+    if args.preset and args.direction != "from-released":
+        raise ValueError("--preset checks a released checkpoint: it goes with from-released")
+    convert_directory(args.src, args.out, args.direction, args.max_shard_size, args.preset)
 
 
 def report_tables(args) -> None:
@@ -466,6 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("direction", choices=["from-released", "to-released"], help="which way to convert")
     sub.add_argument("src", type=existing_directory, help="source model directory")
     sub.add_argument("out", help="destination directory")
+    sub.add_argument(
+        "--max-shard-size",
+        type=byte_size,
+        default="5GB",
+        help="largest safetensors shard written, and so about the most the conversion holds (default: 5GB)",
+    )
+    sub.add_argument(
+        "--preset",
+        help="from-released: refuse a checkpoint whose architecture is not this preset's (cumo/model/presets.py)",
+    )
     return parser
 
 

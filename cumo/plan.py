@@ -259,12 +259,17 @@ def describe(config) -> ModelFacts:
 
 @cache
 def preset_facts(preset: str, moe: bool) -> ModelFacts:
-    """The preset's model as a stage trains it: dense (pretrain, pft) or co-upcycled (`moe`, sft). The paper's
-    presets get one more vocabulary row, the image token that pretrain adds to Mistral's tokenizer
-    (cumo/train/stages.py `_pretrain_start`): 32,001."""
+    """The preset's model as a stage trains it: dense (pretrain, pft) or co-upcycled (`moe`, sft)."""
     from cumo.model.presets import build_config
 
-    config = build_config(preset, moe=moe)
+    return describe_with_image_token(build_config(preset, moe=moe))
+
+
+def describe_with_image_token(config) -> ModelFacts:
+    """`describe` of the model once its tokenizer has the image token: a config without one (the paper's
+    presets, the released checkpoints) gets one more vocabulary row, as pretrain and the conversion of a
+    released checkpoint add it to Mistral's tokenizer (cumo/train/stages.py `_pretrain_start`,
+    cumo/model/convert.py): 32,001."""
     if config.image_token_id is None:
         config.text_config.vocab_size += 1
         config.image_token_id = config.text_config.vocab_size - 1
@@ -886,17 +891,18 @@ def _plan_config(config: dict) -> list[JobPlan]:
     from cumo.train.stages import STAGES
 
     cluster = Cluster.from_config(config.get("cluster"))
-    train, evaluation, models = config["train"], config["eval"], config["models"]
-    for section, device in (("train", train["device"]), ("eval", evaluation["device"])):
-        if device == "cuda" and not cluster.gpus_per_node:
+    evaluation, models = config["eval"], config["models"]
+    trained = {name: model for name, model in models.items() if "preset" in model and "released" not in model}
+    train = config["train"] if trained else None  # a config that only evaluates has no training ranks
+    sections = {"eval": evaluation} | ({"train": train} if train else {})
+    for section, settings in sections.items():
+        if settings["device"] == "cuda" and not cluster.gpus_per_node:
             raise PlanError(
                 f"cluster.gpus_per_node: 0, but {section}.device is cuda: declare the GPUs of a node (e.g. 8), "
                 f"or set {section}.device: cpu"
             )
     jobs = []
-    for name, model in models.items():
-        if "preset" not in model:
-            continue
+    for name, model in trained.items():
         for stage_name in STAGES:
             stage = training_stage(config, model["preset"], stage_name)
             facts = preset_facts(model["preset"], stage.upcycle)
@@ -932,18 +938,21 @@ def _plan_config(config: dict) -> list[JobPlan]:
 
 def _evaluated_facts(models: dict, name: str) -> ModelFacts | None:
     """The model an evaluation of `name` loads: a trained preset after sft (co-upcycled), the model a
-    blank-images entry names, or a released checkpoint's config when it is on disk (None until then)."""
+    blank-images entry names, or a released checkpoint: its config when it is a directory on disk, else its
+    preset (a source not yet downloaded; the conversion checks the two agree), else None (not planned)."""
     model = models[name]
     if "blank_images_of" in model:
         return _evaluated_facts(models, model["blank_images_of"])
+    if "released" in model:
+        from pathlib import Path
+
+        from cumo.model.convert import read_released_config
+
+        if (Path(model["released"]) / "config.json").is_file():
+            return describe_with_image_token(read_released_config(model["released"]))
     if "preset" in model:
         return preset_facts(model["preset"], True)
-    from pathlib import Path
-
-    from cumo.model.configuration_cumo import CumoConfig
-
-    directory = Path(model["released"])
-    return describe(CumoConfig.from_pretrained(directory)) if (directory / "config.json").is_file() else None
+    return None
 
 
 def _plan_evaluation_job(name: str, facts: ModelFacts, evaluation: dict, cluster: Cluster) -> JobPlan:

@@ -154,3 +154,17 @@ def test_bench_memory_reports_issue_13s_targets_from_its_runs(capsys):
     ]
     print_memory(figures)
     assert "| m | pft | zero3 | 2 | 0.0 M | setup | 2.40 | 2.50 | 1.04 |" in capsys.readouterr().out
+
+
+def test_bench_convert_quick_holds_one_shard_and_at_most_the_scaled_margin_more(tmp_path, capsys):
+    """`cumo convert from-released` on CuMo-7B's shapes / 16 (4 shards of 0.31 GB each way): its peak over
+    the imports is at least a shard it writes (what it must hold) and at most the largest shard + 2 GB / 16."""
+    path = tmp_path / "convert.json"
+    main(["convert", "--quick", "--work", str(tmp_path), "--json", str(path)])
+    figures = json.loads(path.read_text())
+    assert len(figures["released_shards_bytes"]) == len(figures["converted_shards_bytes"]) == 4
+    largest = max(figures["released_shards_bytes"] + figures["converted_shards_bytes"])
+    held = figures["peak_bytes"] - figures["baseline_bytes"]
+    assert largest <= held <= figures["bound_over_baseline_bytes"], figures
+    assert "largest shard + 2 GB / 16" in capsys.readouterr().out
+    assert not list(tmp_path.glob("cumo-bench-convert-*"))  # both checkpoints are removed

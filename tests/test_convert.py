@@ -1,22 +1,27 @@
 """The released CuMo checkpoint layout, both ways, on tiny models written in that layout.
 
 The Mixtral expert mapping (w1/w3/w2 <-> gate_up_proj/down_proj) is checked against transformers' own
-converter: a MixtralForCausalLM loaded from our released-layout LLM keys must compute our LLM's logits.
+converter: a MixtralForCausalLM loaded from our released-layout LLM keys must compute our LLM's logits. The
+streamed conversion (`cumo convert`, shard by shard) is checked against the whole state dict converted in
+memory and against the model the released files were written from.
 """
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import MixtralForCausalLM
 
+from cumo.bench.convert import word_tokenizer
 from cumo.cli import main
 from cumo.data.synthetic import build_tokenizer
-from cumo.model.convert import from_released, load_released, save_released, to_released
+from cumo.model.convert import convert_directory, from_released, load_released, save_released, to_released
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.processing_cumo import CumoProcessor
+from cumo.model.weights import SAFETENSORS_INDEX, CheckpointError
 
 from .factories import make_batch, make_model
 
@@ -110,3 +115,114 @@ def test_cli_converts_a_released_checkpoint_and_back(tmp_path):
     batch = make_batch(model.config)
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+
+
+def read_all(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a directory's shards, read whole by safetensors itself."""
+    return {
+        key: tensor for file in directory.glob("*.safetensors") for key, tensor in load_file(file).items()
+    }
+
+
+def shard_count(directory: Path) -> int:
+    index = json.loads((directory / SAFETENSORS_INDEX).read_text())
+    assert index["weight_map"].keys() == read_all(directory).keys()
+    return len(set(index["weight_map"].values()))
+
+
+def test_the_streamed_conversion_equals_the_whole_state_dict_converted_in_memory(preset, tmp_path):
+    """As released (bf16, sharded with an index), converted into shards: the tensors of the whole-dict
+    conversion and of the model the files were written from, in the checkpoint's dtype."""
+    model = make_model(preset, dtype=torch.bfloat16)
+    save_released(model, tmp_path / "released", max_shard_bytes=100_000)
+    build_tokenizer().save_pretrained(tmp_path / "released")
+    assert shard_count(tmp_path / "released") >= 4
+
+    convert_directory(tmp_path / "released", tmp_path / "ours", "from-released", max_shard_bytes=100_000)
+    converted = read_all(tmp_path / "ours")
+    assert shard_count(tmp_path / "ours") >= 4
+    whole = from_released(read_all(tmp_path / "released"))
+    assert converted.keys() == whole.keys() == model.state_dict().keys()
+    for key, tensor in model.state_dict().items():
+        assert converted[key].dtype == torch.bfloat16, key
+        assert torch.equal(converted[key], whole[key]) and torch.equal(converted[key], tensor), key
+    loaded, info = CumoForConditionalGeneration.from_pretrained(
+        tmp_path / "ours", dtype="auto", output_loading_info=True
+    )
+    assert loaded.dtype == torch.bfloat16 and not any(info.values()), info
+
+
+def test_to_released_and_back_streamed_gives_the_same_tensors(preset, tmp_path):
+    model = make_model(preset)
+    model.save_pretrained(tmp_path / "ours")
+    CumoProcessor(build_tokenizer(), model.config).save_pretrained(tmp_path / "ours")
+    convert_directory(tmp_path / "ours", tmp_path / "released", "to-released", max_shard_bytes=100_000)
+    assert shard_count(tmp_path / "released") >= 4
+    assert to_released(model.state_dict()).keys() == read_all(tmp_path / "released").keys()
+    convert_directory(tmp_path / "released", tmp_path / "back", "from-released", max_shard_bytes=100_000)
+    back = read_all(tmp_path / "back")
+    assert back.keys() == model.state_dict().keys()
+    assert all(torch.equal(back[key], tensor) for key, tensor in model.state_dict().items())
+
+
+def test_a_tokenizer_without_the_image_token_gets_it_and_each_vocabulary_matrix_a_mean_row(tmp_path):
+    """As Mistral's tokenizer in the released checkpoints: the token goes after the vocabulary, and the row
+    starts where transformers' resize_token_embeddings starts it (the mean of the rows)."""
+    model = make_model("tiny", dtype=torch.bfloat16, image_token_id=None)
+    vocab = model.config.text_config.vocab_size
+    save_released(model, tmp_path / "released", max_shard_bytes=100_000)
+    word_tokenizer(vocab).save_pretrained(tmp_path / "released")
+    main(["convert", "from-released", str(tmp_path / "released"), str(tmp_path / "ours")])
+    converted = read_all(tmp_path / "ours")
+    config = CumoForConditionalGeneration.config_class.from_pretrained(tmp_path / "ours")
+    assert config.image_token_id == vocab and config.text_config.vocab_size == vocab + 1
+    processor = CumoProcessor.from_pretrained(tmp_path / "ours", config)
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == vocab
+    state = model.state_dict()
+    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        assert converted[key].shape == (vocab + 1, state[key].shape[1])
+        assert torch.equal(converted[key][:vocab], state[key])
+        assert torch.equal(converted[key][vocab], state[key].float().mean(0).to(torch.bfloat16))
+
+
+def test_a_foreign_key_stops_the_streamed_conversion_before_it_writes(tmp_path):
+    save_released(make_model("tiny"), tmp_path / "released", max_shard_bytes=100_000)
+    build_tokenizer().save_pretrained(tmp_path / "released")
+    index = json.loads((tmp_path / "released" / SAFETENSORS_INDEX).read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    tensors = load_file(tmp_path / "released" / first) | {
+        "model.mm_projector.experts.0.4.weight": torch.zeros(2)
+    }
+    save_file(tensors, tmp_path / "released" / first)
+    index["weight_map"]["model.mm_projector.experts.0.4.weight"] = first
+    (tmp_path / "released" / SAFETENSORS_INDEX).write_text(json.dumps(index))
+    with pytest.raises(
+        CheckpointError,
+        match=r"0 missing keys \[\] and 1 unexpected keys \['model\.mm_projector\.experts\.0\.4\.weight'\]",
+    ):
+        convert_directory(tmp_path / "released", tmp_path / "ours", "from-released")
+    assert not (tmp_path / "ours").exists()
+
+
+def test_a_checkpoint_of_another_architecture_than_its_preset_is_refused_naming_the_differences(tmp_path):
+    """The workflow plans a released source's evaluation from its preset before the download; the conversion
+    holds the checkpoint to it."""
+    save_released(make_model("tiny-mixtral"), tmp_path / "released")
+    build_tokenizer().save_pretrained(tmp_path / "released")
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "convert",
+                "from-released",
+                str(tmp_path / "released"),
+                str(tmp_path / "ours"),
+                "--preset",
+                "tiny",
+            ]
+        )
+    with pytest.raises(
+        ValueError, match=r"not the architecture of preset tiny: text_config.num_local_experts 4 "
+    ):
+        convert_directory(tmp_path / "released", tmp_path / "ours", "from-released", preset="tiny")
+    assert not (tmp_path / "ours").exists()
+    convert_directory(tmp_path / "released", tmp_path / "ours", "from-released", preset="tiny-mixtral")

@@ -625,7 +625,9 @@ DESIGN_FOLDERS = {
 def test_shipped_declarations_cover_every_source_in_cumos_tree():
     sources = load_sources(REPO_ROOT / "config/sources.yaml")
     # The evaluation sources (eval_*) are tests/test_eval_sources.py's.
-    assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES | set(BASE_MODELS)
+    assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES | set(
+        BASE_MODELS
+    ) | set(RELEASED)
     assert DESIGN_FOLDERS <= {source.folder for source in sources.values()}
     assert {repo.repo for s in sources.values() for repo in s.hub} >= {
         "liuhaotian/LLaVA-Pretrain", "FreedomIntelligence/ALLaVA-4V", "liuhaotian/LLaVA-Instruct-150K",
@@ -685,6 +687,38 @@ def test_base_models_are_model_repos_that_fetch_only_what_from_pretrained_reads(
         for pattern in repo.allow:
             assert list(filter_repo_objects(listing, allow_patterns=[pattern])), (name, pattern)
         assert set(filter_repo_objects(listing, allow_patterns=list(repo.allow))) == wanted, name
+
+
+# The released checkpoints' sources (config/released.yaml evaluates them) and their Hub repos (CuMo's README).
+RELEASED = {"cumo_mistral_7b": "shi-labs/CuMo-mistral-7b", "cumo_mixtral_8x7b": "shi-labs/CuMo-mixtral-8x7b"}
+# What CuMo's training left in such a repo, as its code writes it (not seen here: no network): transformers
+# 4.37's Trainer.save_model, i.e. save_pretrained's 5 GB safetensors shards with their index, the generation
+# config and training_args.bin, and the slow Llama tokenizer's files (cumo/train/train.py: use_fast=False).
+RELEASED_LISTING = (
+    ".gitattributes", "README.md", "config.json", "generation_config.json", "model-00001-of-00004.safetensors",
+    "model-00002-of-00004.safetensors", "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors",
+    "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json",
+    "training_args.bin",
+)  # fmt: skip
+RELEASED_WANTED = {
+    "config.json", "model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors",
+    "model-00003-of-00004.safetensors", "model-00004-of-00004.safetensors", "model.safetensors.index.json",
+    "special_tokens_map.json", "tokenizer.model", "tokenizer_config.json",
+}  # fmt: skip
+
+
+def test_released_checkpoints_are_model_repos_that_fetch_only_what_the_conversion_reads():
+    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    released = yaml.safe_load((REPO_ROOT / "config/released.yaml").read_text())["models"]
+    assert {entry["released"] for entry in released.values()} == set(RELEASED)
+    for name, repo_id in RELEASED.items():
+        (repo,) = sources[name].hub
+        assert (repo.repo, repo.repo_type, repo.gated, repo.revision) == (repo_id, "model", False, "main")
+        assert sources[name].page == repo.page == f"https://huggingface.co/{repo_id}"
+        assert sources[name].folder == f"models/{repo_id.split('/')[1]}"
+        for pattern in repo.allow:
+            assert list(filter_repo_objects(RELEASED_LISTING, allow_patterns=[pattern])), (name, pattern)
+        assert set(filter_repo_objects(RELEASED_LISTING, allow_patterns=list(repo.allow))) == RELEASED_WANTED
 
 
 def test_every_archive_to_extract_is_one_its_source_fetches():

@@ -1,6 +1,7 @@
 """Generation for evaluation: batched equals batch size 1, shards cover every question once, a restart
 redoes only what is missing, the merge names what is wrong, the template is the model's own."""
 
+import copy
 import json
 
 import pytest
@@ -64,6 +65,21 @@ def test_batched_answers_equal_batch_size_one(loaded, questions):
     batched = answer_batch(model, processor, questions, max_new_tokens=6)
     assert batched == one_by_one
     assert len(set(one_by_one)) > 1  # a random model still answers differently for different questions
+
+
+def test_the_image_token_is_never_generated(loaded, questions):
+    """CuMo's vocabulary has no image token; ours is suppressed, so a head that prefers it above all (a released
+    checkpoint's image row is the mean row) answers as if it were not there."""
+    model, processor = loaded
+    preferring = copy.deepcopy(model)
+    head = preferring.lm_head
+    preferring.lm_head = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    preferring.lm_head.weight.data.copy_(head.weight.data)
+    preferring.lm_head.bias.data.zero_()
+    preferring.lm_head.bias.data[model.config.image_token_id] = 1e4
+    answers = answer_batch(model, processor, questions, max_new_tokens=6)
+    assert answer_batch(preferring, processor, questions, max_new_tokens=6) == answers
+    assert any(answers)
 
 
 def test_blank_images_change_the_answers_and_are_the_mean_colour(loaded, questions):

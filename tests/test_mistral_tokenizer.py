@@ -350,6 +350,7 @@ def processors(tmp_path_factory, mistral_files) -> dict[str, CumoProcessor]:
     convert_directory(root / "released", root / "converted", "from-released")
     found["converted"] = load_model(root / "converted")[1]
     found["released"] = root / "released"
+    found["directories"] = {"sft": previous, "converted": root / "converted"}
     # A checkpoint as CuMo released it: its tokenizer is Mistral's files as the slow tokenizer saved them, its
     # config a `llava_mistral` one that transformers does not know, so AutoTokenizer reads tokenizer_config.json.
     shipped = root / "shipped"
@@ -470,12 +471,42 @@ def test_the_released_layout_keeps_mistral_s_32000_tokens(processors, slow):
     assert rows == {"model.embed_tokens.weight": 32000, "lm_head.weight": 32000}
 
 
+def test_the_way_back_from_the_released_layout_gives_the_image_token_the_mean_row(processors):
+    """sft export -> released (32,000 rows) -> ours again: every tensor as it was but the image token's rows,
+    which start again as the mean row (`weights.resize_rows`); the released config has no image token id."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    def tensors(directory):
+        return {
+            key: value
+            for file in sorted(directory.glob("*.safetensors"))
+            for key, value in load_file(file).items()
+        }
+
+    released_config = json.loads((processors["released"] / "config.json").read_text())
+    assert released_config["vocab_size"] == 32000 and "image_token_id" not in released_config
+    before, after = (tensors(processors["directories"][name]) for name in ("sft", "converted"))
+    assert before.keys() == after.keys()
+    vocabulary = ("model.language_model.embed_tokens.weight", "lm_head.weight")
+    for key in before.keys() - set(vocabulary):
+        assert torch.equal(before[key], after[key]), key
+    for key in vocabulary:
+        assert before[key].shape[0] == after[key].shape[0] == 32001, key
+        assert torch.equal(before[key][:32000], after[key][:32000]), key
+        assert torch.equal(after[key][32000], before[key][:32000].float().mean(0).to(before[key].dtype)), key
+
+
 def test_a_save_keeps_the_legacy_flag_of_the_class_mistral_s_config_names(mistral_files, slow, tmp_path):
     """transformers 5 reads `legacy: true` but does not write it back: a LlamaTokenizer saved and loaded again
     switched to Metaspace(prepend_scheme="first") and "[INST]" after "</s>" lost its "▁" (issue 15)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(mistral_files)  # no config.json: the class tokenizer_config names
+    tokenizer = AutoTokenizer.from_pretrained(
+        mistral_files
+    )  # no config.json: the class tokenizer_config names
     assert type(tokenizer).__name__ == "LlamaTokenizer" and tokenizer.legacy
     for round_trip in range(2):
         save_tokenizer(tokenizer, tmp_path / str(round_trip))

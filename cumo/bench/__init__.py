@@ -15,6 +15,9 @@ saved as Hugging Face models) through `cumo launch` on 1 and 2 CPU ranks, one st
 rank and phase (set-up, first step, checkpoint save, export) per parameter, next to the memory plan's
 prediction (cumo/plan.py).
 
+convert: `cumo convert from-released` on a released checkpoint of CuMo-7B's shapes (random bf16 weights, 5 GB
+shards) in a fresh process: its peak resident memory against its largest shard + 2 GB.
+
 generate: evaluation's greedy answers to GQA questions of the shapes world at batch size 1 and at larger
 batches, the answers checked identical in the same run (a trained model with --model, else a random tiny one).
 """

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import cumo.bench
+from cumo.bench.convert import bench_convert, convert
 from cumo.bench.generate import bench_generate, generate
 from cumo.bench.memory import bench_memory, memory
 from cumo.bench.mixture import bench_mixture, mixture
@@ -71,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick",
         action="store_true",
         help="two Mistral-like sizes and a Mixtral-like one on 1 and 2 ranks (else both at both sizes on 1, 2, 4)",
+    )
+
+    sub = add(
+        "convert",
+        convert,
+        bench_convert,
+        "cumo convert from-released at CuMo-7B's size: peak RSS vs one shard",
+    )
+    sub.add_argument("--quick", action="store_true", help="every matrix / 16 (2.1 GB of disk), the bound too")
+    sub.add_argument(
+        "--work", type=Path, help="where the checkpoints go (default $TMPDIR; 33 GB at full size)"
     )
     return parser
 

@@ -125,10 +125,14 @@ def answer_batch(
     if "pixel_values" in batch:
         batch["pixel_values"] = batch["pixel_values"].to(model.dtype)
     tokenizer = processor.tokenizer
+    # CuMo's vocabulary has no image token (its images are spliced in at id -200), so it never generates one;
+    # ours is a vocabulary entry whose head row was never a target (a released checkpoint's starts as the
+    # mean row, convert.py): suppressed, the answers are over CuMo's vocabulary.
     generated_BT = model.generate(
         **batch,
         max_new_tokens=max_new_tokens,
         do_sample=False,
+        suppress_tokens=[model.config.image_token_id],
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

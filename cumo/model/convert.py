@@ -16,7 +16,11 @@ and no CLIP post-layernorm. Its config.json is a Mistral/Mixtral config with CuM
 vision tower is named, not described (`mm_vision_tower`), so we write its config as an extra
 `vision_config` key, which CuMo's loader ignores, and read it back when present. A released checkpoint
 has no image token in its vocabulary (CuMo splices images in at the sentinel id -200): its tokenizer gets
-one with `processing_cumo.add_image_token`.
+one (`processing_cumo.image_token_vocab`), and the embeddings and the head a row for it (`weights.resize_rows`); the way back drops them.
+
+Both directions stream (`weights.save_from_recipe`): one tensor is read, renamed, stacked or split and
+written at a time, in safetensors shards, so a conversion holds at most one shard it writes and the tensors
+it is making, never the model (`python -m cumo.bench convert` measures it at CuMo-7B's size).
 """
 
 import json
@@ -24,18 +28,31 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, CLIPVisionConfig, MistralConfig, MixtralConfig
 
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
-from cumo.model.presets import CLIP_VIT_L_14_336
+from cumo.model.presets import CLIP_VIT_L_14_336, build_config
 from cumo.model.processing_cumo import (
     CumoProcessor,
-    add_image_token,
+    image_token_vocab,
     load_llm_tokenizer,
     save_tokenizer,
     without_image_token,
+)
+from cumo.model.weights import (
+    Checkpoint,
+    CheckpointError,
+    InMemory,
+    Read,
+    Recipe,
+    build_empty,
+    build_meta,
+    llm_tensor,
+    load_weights,
+    resize_rows,
+    save_from_recipe,
+    saved_model,
 )
 
 CLIP_L_336 = "openai/clip-vit-large-patch14-336"
@@ -62,7 +79,9 @@ IGNORED = {
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "vision_config", "image_grid_pinpoints",
 }  # fmt: skip
 
-VISION = "model.vision_tower.vision_model.encoder.layers."
+_LLM = "model.language_model."
+# Our tensors whose rows are the vocabulary: a token added to the tokenizer adds a row to each.
+_VOCABULARY_ROWS = (_LLM + "embed_tokens.weight", "lm_head.weight")
 
 
 def _experts_to_released(prefix: str, name: str, tensor: torch.Tensor, fc_names: dict) -> dict:
@@ -71,7 +90,7 @@ def _experts_to_released(prefix: str, name: str, tensor: torch.Tensor, fc_names:
 
 
 def to_released(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our state dict -> the released checkpoint's keys."""
+    """Our state dict (or any part of it, down to one tensor) -> the released checkpoint's keys."""
     out = {}
     for key, tensor in state_dict.items():
         if m := re.fullmatch(
@@ -97,57 +116,81 @@ def to_released(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif m := re.fullmatch(r"model\.language_model\.(layers\.\d+\.)mlp\.experts\.down_proj", key):
             for e, w2 in enumerate(tensor):
                 out[f"model.{m[1]}block_sparse_moe.experts.{e}.w2.weight"] = w2
-        elif key.startswith("model.language_model."):
-            out["model." + key.removeprefix("model.language_model.")] = tensor
+        elif key.startswith(_LLM):
+            out["model." + key.removeprefix(_LLM)] = tensor
         else:
             out[key] = tensor
     return {key: tensor.contiguous() for key, tensor in out.items()}
 
 
-def _stack(groups: dict, key: str, parts: dict) -> None:
-    """Collect expert e's tensor under groups[key][e]."""
-    groups.setdefault(key, {}).update(parts)
-
-
-def from_released(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The released checkpoint's keys -> our state dict (experts stacked)."""
-    out, stacks = {}, {}
-    for key, tensor in state_dict.items():
+def released_reads(checkpoint: Checkpoint) -> dict[str, Read]:
+    """Each of our tensors that a released checkpoint holds, as a `Read` of its tensors (expert stacks, and
+    Mixtral's experts fused as `weights.llm_tensor` fuses the Hub's per-expert files): the inverse of
+    `to_released`, from the checkpoint's keys alone. Every key of the checkpoint is in exactly one read."""
+    reads, experts = {}, {}  # experts: our stack -> {expert: released key}
+    for key in sorted(checkpoint.keys()):
         if m := re.fullmatch(r"(model\.vision_tower\.vision_model\.encoder\.layers\.\d+\.)gate\.weight", key):
-            out[m[1] + "mlp.router.weight"] = tensor
+            reads[m[1] + "mlp.router.weight"] = Read(checkpoint, (key,))
         elif m := re.fullmatch(
             r"(model\.vision_tower\.vision_model\.encoder\.layers\.\d+\.)experts\.(\d+)\.(fc[12])\.(\w+)", key
         ):
-            _stack(stacks, f"{m[1]}mlp.experts.{m[3]}_{m[4]}", {int(m[2]): tensor})
+            experts.setdefault(f"{m[1]}mlp.experts.{m[3]}_{m[4]}", {})[int(m[2])] = key
         elif key == "model.mm_projector.gate.weight":
-            out["model.mm_projector.router.weight"] = tensor
+            reads["model.mm_projector.router.weight"] = Read(checkpoint, (key,))
         elif m := re.fullmatch(r"model\.mm_projector\.experts\.(\d+)\.([02])\.(\w+)", key):
-            _stack(stacks, f"model.mm_projector.experts.fc{int(m[2]) // 2 + 1}_{m[3]}", {int(m[1]): tensor})
+            experts.setdefault(f"model.mm_projector.experts.fc{int(m[2]) // 2 + 1}_{m[3]}", {})[int(m[1])] = (
+                key
+            )
         elif m := re.fullmatch(r"model\.mm_projector\.([02])\.(\w+)", key):
-            out[f"model.mm_projector.fc{int(m[1]) // 2 + 1}.{m[2]}"] = tensor
-        elif m := re.fullmatch(r"model\.(layers\.\d+\.)block_sparse_moe\.gate\.weight", key):
-            out[f"model.language_model.{m[1]}mlp.gate.weight"] = tensor
-        elif m := re.fullmatch(
-            r"model\.(layers\.\d+\.)block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight", key
-        ):
-            _stack(stacks, f"model.language_model.{m[1]}mlp.experts.{m[3]}", {int(m[2]): tensor})
+            reads[f"model.mm_projector.fc{int(m[1]) // 2 + 1}.{m[2]}"] = Read(checkpoint, (key,))
+        elif m := re.fullmatch(r"model\.(layers\.\d+\.)block_sparse_moe\..*", key):
+            for suffix in ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+                reads[_LLM + m[1] + suffix] = llm_tensor(checkpoint, "model.", m[1] + suffix)
         elif key.startswith("model.") and not key.startswith(("model.vision_tower.", "model.mm_projector.")):
-            out["model.language_model." + key.removeprefix("model.")] = tensor
+            reads[_LLM + key.removeprefix("model.")] = Read(checkpoint, (key,))
         else:
-            out[key] = tensor
+            reads[key] = Read(checkpoint, (key,))
+    for name, by_expert in experts.items():
+        if sorted(by_expert) != list(range(len(by_expert))):
+            raise CheckpointError(
+                f"{checkpoint.directory}: the experts of {name} are numbered {sorted(by_expert)}, not 0 to "
+                f"{len(by_expert) - 1}: a released checkpoint has them all (download it again)"
+            )
+        reads[name] = Read(checkpoint, tuple(by_expert[e] for e in range(len(by_expert))), torch.stack)
+    return reads
 
-    def stacked(experts: dict) -> torch.Tensor:
-        return torch.stack([experts[e] for e in range(len(experts))])
 
-    for key, experts in stacks.items():
-        if key.endswith(".w1"):
-            w3 = stacks[key.removesuffix("w1") + "w3"]
-            out[key.removesuffix("w1") + "gate_up_proj"] = torch.cat([stacked(experts), stacked(w3)], dim=1)
-        elif key.endswith(".w2"):
-            out[key.removesuffix("w2") + "down_proj"] = stacked(experts)
-        elif not key.endswith(".w3"):
-            out[key] = stacked(experts)
-    return out
+def from_released(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released checkpoint's keys -> our state dict (experts stacked), all in memory."""
+    reads = released_reads(InMemory(state_dict, "the released state dict"))
+    return {key: read.value() for key, read in reads.items()}
+
+
+def released_recipe(checkpoint: Checkpoint, model: torch.nn.Module) -> Recipe:
+    """Where each tensor of `model` (our layout, built from the checkpoint's config) comes from in a released
+    checkpoint; the vocabulary rows of an added image token start as the mean row (`weights.resize_rows`).
+    Raises unless every tensor of the model is there and every tensor of the checkpoint is used."""
+    reads = released_reads(checkpoint)
+    names = set(model.state_dict())
+    missing = sorted(names - reads.keys())
+    unexpected = sorted(key for name in reads.keys() - names for key in reads[name].keys)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint.directory}: {len(missing)} missing keys {missing[:5]} and {len(unexpected)} unexpected "
+            f"keys {unexpected[:5]}: not a CuMo checkpoint of the released layout, or its config.json is not its own"
+        )
+
+    return resized_vocabulary(lambda name, shape: reads[name])
+
+
+def resized_vocabulary(recipe: Recipe) -> Recipe:
+    """`recipe` with the embeddings and the head cut or grown to the model's vocabulary (`weights.resize_rows`):
+    the image token's rows dropped for the released layout, added for ours."""
+
+    def resized(name: str, shape: torch.Size) -> Read:
+        return resize_rows(recipe(name, shape), shape[0]) if name in _VOCABULARY_ROWS else recipe(name, shape)
+
+    return resized
 
 
 def config_to_released(config: CumoConfig) -> dict:
@@ -158,7 +201,10 @@ def config_to_released(config: CumoConfig) -> dict:
         for key, value in text.items()
         if key not in ("model_type", "architectures", "transformers_version")
     }
-    released |= {theirs: getattr(config, ours) for theirs, ours in FIELDS.items()}
+    # An image token outside the vocabulary has no id in the released config (CuMo's images are at -200).
+    released |= {
+        theirs: getattr(config, ours) for theirs, ours in FIELDS.items() if getattr(config, ours) is not None
+    }
     released |= {
         "model_type": "llava_mixtral" if is_mixtral else "llava_mistral",
         "architectures": ["LlavaMixtralForCausalLM" if is_mixtral else "LlavaMistralForCausalLM"],
@@ -192,75 +238,107 @@ def config_from_released(released: dict, source: str = "config.json") -> CumoCon
     text_class = MixtralConfig if model_type == "llava_mixtral" else MistralConfig
     text = {key: value for key, value in released.items() if key not in FIELDS and key not in IGNORED}
     ours = {FIELDS[key]: value for key, value in released.items() if key in FIELDS}
-    return CumoConfig(vision_config=vision, text_config=text_class(**text), **ours)
+    # The weights' dtype (bfloat16 for the released ones: CuMo trains with --bf16), kept when converting.
+    dtype = released.get("torch_dtype") or released.get("dtype") or "float32"
+    return CumoConfig(vision_config=vision, text_config=text_class(**text), dtype=dtype, **ours)
 
 
-def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint directory: safetensors shards, or PyTorch .bin shards."""
-    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("pytorch_model*.bin"))
-    if not files:
-        raise FileNotFoundError(f"{directory}: no *.safetensors or pytorch_model*.bin weights")
-    state = {}
-    for file in files:
-        state |= (
-            load_file(file)
-            if file.suffix == ".safetensors"
-            else torch.load(file, map_location="cpu", weights_only=True)
+# What a preset fixes of the architecture: the sizes of every tensor (the memory plan counts them) and the MoE;
+# by sub-config, None for CumoConfig's own fields.
+ARCHITECTURE = {
+    "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "image_size", "patch_size"),
+    "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "num_local_experts", "vocab_size"),
+    None: ("projector_type", "clip_moe", "num_experts", "num_experts_per_tok"),
+}  # fmt: skip
+
+
+def check_preset(config: CumoConfig, preset: str, source: str) -> None:
+    """A released checkpoint's config must have the architecture of `preset` after sft (co-upcycled), which
+    the workflow planned its evaluation from before the download."""
+    expected = build_config(preset, moe=True)
+    differences = []
+    for part, keys in ARCHITECTURE.items():
+        ours, theirs = (getattr(config, part), getattr(expected, part)) if part else (config, expected)
+        differences += [
+            f"{part + '.' if part else ''}{key} {getattr(ours, key, None)} (the preset's {getattr(theirs, key, None)})"
+            for key in keys
+            if getattr(ours, key, None) != getattr(theirs, key, None)
+        ]
+    if differences:
+        raise ValueError(
+            f"{source}: not the architecture of preset {preset}: {', '.join(differences)}. Name the preset it has "
+            "(the config's models.<name>.preset), or leave it out for a local directory"
         )
-    return state
+
+
+def read_released_config(directory: str | Path) -> CumoConfig:
+    path = Path(directory) / "config.json"
+    return config_from_released(json.loads(path.read_text()), str(path))
 
 
 def load_released(directory: str | Path, dtype: torch.dtype = torch.float32) -> CumoForConditionalGeneration:
-    """A released CuMo checkpoint as our model; raises unless every key maps (0 missing, 0 unexpected)."""
-    directory = Path(directory)
-    config = config_from_released(
-        json.loads((directory / "config.json").read_text()), str(directory / "config.json")
-    )
-    state = from_released(read_state_dict(directory))
-    # transformers' loader builds the model without a random init and makes the non-persistent buffers.
-    model, info = CumoForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=state, dtype=dtype, output_loading_info=True
-    )
-    if info["missing_keys"] or info["unexpected_keys"]:
-        raise ValueError(
-            f"{directory}: {len(info['missing_keys'])} missing keys {sorted(info['missing_keys'])[:5]} and "
-            f"{len(info['unexpected_keys'])} unexpected keys {sorted(info['unexpected_keys'])[:5]}: not a CuMo "
-            "checkpoint of the released layout"
-        )
+    """A released CuMo checkpoint as our model, read a tensor at a time; raises unless every key maps (0
+    missing, 0 unexpected)."""
+    config = read_released_config(directory)
+    model = build_empty(config, dtype)
+    load_weights(model, released_recipe(Checkpoint(directory), model))
     return model
 
 
 def save_released(
-    model: CumoForConditionalGeneration, directory: str | Path, vocab_size: int | None = None
+    model: CumoForConditionalGeneration, directory: str | Path, max_shard_bytes: int = 5 * 10**9
 ) -> None:
-    """Write `model` in the released layout: config.json and model.safetensors. `vocab_size`: the LLM's own
-    vocabulary, the rows after it (the image token's, which CuMo's vocabulary has not) left out."""
+    """Write `model` in the released layout: config.json and its safetensors shards (with their index when
+    there are several)."""
+    state = InMemory(model.state_dict(), "the model")
+    write_released(model, lambda name, shape: Read(state, (name,)), directory, max_shard_bytes)
+
+
+def write_released(
+    model: CumoForConditionalGeneration, recipe: Recipe, directory: str | Path, max_shard_bytes: int
+) -> list[str]:
+    """The released layout's config.json and shards of `model` (only its names, shapes, dtype and config are
+    used: it may be on the meta device), each of our tensors made by `recipe` and written in turn."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config, state = config_to_released(model.config), to_released(model.state_dict())
-    if vocab_size is not None:
-        config["vocab_size"] = vocab_size
-        if config.get("image_token_id", 0) >= vocab_size:  # images at -200, as CuMo; ours adds it back
-            del config["image_token_id"]
-        for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            state[key] = state[key][:vocab_size].contiguous()
+    # The weights' dtype under the name CuMo's transformers (4.37) reads.
+    config = config_to_released(model.config) | {"torch_dtype": str(model.dtype).removeprefix("torch.")}
     (directory / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    return save_from_recipe(
+        model, recipe, directory, max_shard_bytes, layout=lambda name, tensor: to_released({name: tensor})
+    )
 
 
-def convert_directory(src: str | Path, out: str | Path, direction: str) -> None:
-    """`from-released`: a released checkpoint (with its tokenizer) -> our model directory, image token added.
-    `to-released`: our model directory -> the released layout, tokenizer alongside."""
+def convert_directory(
+    src: str | Path,
+    out: str | Path,
+    direction: str,
+    max_shard_bytes: int = 5 * 10**9,
+    preset: str | None = None,
+) -> None:
+    """`from-released`: a released checkpoint (with its tokenizer) -> our model directory, image token added;
+    with `preset`, the checkpoint must have its architecture. `to-released`: our model directory -> the
+    released layout, tokenizer alongside. Both in the checkpoint's dtype, streamed tensor by tensor into shards
+    of at most `max_shard_bytes`."""
     if direction == "from-released":
-        model = load_released(src)
-        tokenizer = load_llm_tokenizer(src, model.config.text_config)
-        add_image_token(tokenizer, model)
-        model.save_pretrained(out)
-        CumoProcessor(tokenizer, model.config).save_pretrained(out)
+        config = read_released_config(src)
+        if preset:
+            check_preset(config, preset, str(Path(src) / "config.json"))
+        tokenizer = load_llm_tokenizer(src, config.text_config)
+        config.text_config.vocab_size = image_token_vocab(tokenizer, config)
+        model = build_meta(config, config.dtype)
+        save_from_recipe(
+            model, released_recipe(Checkpoint(src), model), out, max_shard_bytes, description="convert"
+        )
+        config.save_pretrained(out)
+        CumoProcessor(tokenizer, config).save_pretrained(out)
     elif direction == "to-released":
-        model = CumoForConditionalGeneration.from_pretrained(src, dtype="auto")
-        tokenizer = without_image_token(AutoTokenizer.from_pretrained(src), model.config.image_token)
-        save_released(model, out, vocab_size=len(tokenizer))  # the image token's rows go with it
+        config = CumoConfig.from_pretrained(src)
+        tokenizer = without_image_token(AutoTokenizer.from_pretrained(src), config.image_token)
+        if config.image_token_id >= len(tokenizer):  # CuMo's vocabulary has no image token (images at -200)
+            config.text_config.vocab_size, config.image_token_id = len(tokenizer), None
+        model = build_meta(config, config.dtype or torch.float32)
+        write_released(model, resized_vocabulary(saved_model(Checkpoint(src))), out, max_shard_bytes)
         save_tokenizer(tokenizer, out)
     else:
         raise ValueError(f"direction {direction!r}: use 'from-released' or 'to-released'")

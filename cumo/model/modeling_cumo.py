@@ -121,7 +121,7 @@ class CumoModel(CumoPreTrainedModel):
         """Put the features of image i at the i-th group of image tokens (row-major over the batch)."""
         if self.config.image_token_id is None:
             raise ValueError(
-                "config.image_token_id is not set: call cumo.model.processing_cumo.add_image_token first"
+                "config.image_token_id is not set: call cumo.model.processing_cumo.image_token_vocab first"
             )
         image_mask_BT = input_ids_BT == self.config.image_token_id
         num_tokens, (num_images, per_image) = int(image_mask_BT.sum()), features_INH.shape[:2]

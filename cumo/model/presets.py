@@ -92,7 +92,7 @@ PRESETS = {
     "tiny": (TINY_VISION, MistralConfig, TINY_TEXT, IMAGE_TOKEN_ID),
     "tiny-mixtral": (TINY_VISION, MixtralConfig, TINY_MIXTRAL_TEXT, IMAGE_TOKEN_ID),
     # Mistral's tokenizer has no image token: it is added when the model meets its tokenizer
-    # (processing_cumo.add_image_token), which also resizes the embeddings.
+    # (processing_cumo.image_token_vocab), and the embeddings a row for it.
     "cumo-mistral-7b": (CLIP_VIT_L_14_336, MistralConfig, MISTRAL_7B_INSTRUCT_V02, None),
     "cumo-mixtral-8x7b": (CLIP_VIT_L_14_336, MixtralConfig, MIXTRAL_8X7B_INSTRUCT_V01, None),
 }

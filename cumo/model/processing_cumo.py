@@ -34,16 +34,16 @@ def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image
     return square
 
 
-def add_image_token(tokenizer: PreTrainedTokenizerBase, model) -> int:
-    """Give the tokenizer the image token (if it lacks it), grow the model's embeddings, set the config's id."""
-    token = model.config.image_token
+def image_token_vocab(tokenizer: PreTrainedTokenizerBase, config: CumoConfig) -> int:
+    """Give the tokenizer the image token (if it lacks it) and the config its id; the vocabulary size the
+    embeddings need: the config's, or the tokenizer's when the token lies beyond it. The embeddings and the head
+    grow by `weights.resize_rows` (at a pretrain start, in a conversion from the released layout)."""
+    token = config.image_token
     if token not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [token]})
-    token_id = tokenizer.convert_tokens_to_ids(token)
-    if token_id >= model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.image_token_id = token_id
-    return token_id
+    config.image_token_id = tokenizer.convert_tokens_to_ids(token)
+    vocab = config.text_config.vocab_size
+    return len(tokenizer) if config.image_token_id >= vocab else vocab
 
 
 def load_llm_tokenizer(directory: str | Path, text_config) -> PreTrainedTokenizerBase:
@@ -75,7 +75,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerBase, directory: str | Path) ->
 
 
 def without_image_token(tokenizer: PreTrainedTokenizerBase, image_token: str) -> PreTrainedTokenizerBase:
-    """`tokenizer` as the LLM shipped it: the `image_token` that `add_image_token` appended (an added token, the
+    """`tokenizer` as the LLM shipped it: the `image_token` that `image_token_vocab` appended (an added token, the
     last id) taken out. CuMo's vocabulary has no image token (it splices images in at the id -200), so a
     released checkpoint keeps Mistral's 32,000. An image token inside the vocabulary (the shapes world's,
     id 4) is the LLM's own: the tokenizer is returned as it is."""
@@ -94,7 +94,7 @@ class CumoProcessor:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, config: CumoConfig):
         if config.image_token not in tokenizer.get_vocab():
             raise ValueError(
-                f"the tokenizer has no {config.image_token!r} token: call add_image_token(tokenizer, model) first"
+                f"the tokenizer has no {config.image_token!r} token: call image_token_vocab(tokenizer, config) first"
             )
         self.tokenizer = tokenizer
         self.image_token = config.image_token

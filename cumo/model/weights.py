@@ -10,6 +10,10 @@
   checkpoint tensors (combined, e.g. experts stacked) or an `Init` drawn fresh.
 - `save_sharded(model, directory)`: the model's state dict as safetensors shards of at most
   `max_shard_bytes` with transformers' index (`model.safetensors.index.json`), written module by module.
+- `save_from_recipe(model, recipe, directory)`: the files `save_sharded` would write after `load_weights`,
+  without ever holding the model: names, shapes and dtypes from the model on the meta device (`build_meta`),
+  each tensor made by its recipe and written in turn, renamed and split on the way where a `layout` says (a
+  conversion between checkpoint layouts, `cumo/model/convert.py`). Holds one shard and the tensor being made.
 
 Under DeepSpeed ZeRO-3 a `Partitioning` says how: the model is built inside `zero.Init` (each parameter split
 over the ranks as soon as its module exists), and each module's parameters are gathered whole for the moment
@@ -222,6 +226,13 @@ def build_empty(config: CumoConfig, dtype: torch.dtype, partitioning: Partitioni
         return CumoForConditionalGeneration._from_config(config, dtype=dtype)
 
 
+def build_meta(config: CumoConfig, dtype: torch.dtype):
+    """The model of `config` in `dtype` on the meta device: its tensors' names, shapes and dtypes, no memory
+    (what `save_from_recipe` writes from)."""
+    with torch.device("meta"):
+        return build_empty(config, dtype)
+
+
 def _own_tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor, bool]]:
     """(local name, tensor, is a parameter) of the module's own parameters and persistent buffers."""
     for name, parameter in module._parameters.items():
@@ -252,20 +263,25 @@ def load_weights(
                 continue
             with partitioning.gather([t for _, t, is_parameter in own if is_parameter], True):
                 for name, tensor, is_parameter in own:
-                    full_name = f"{prefix}.{name}" if prefix else name
+                    full_name = _full_name(prefix, name)
                     source = recipe(full_name, tensor.shape)
                     if isinstance(source, Init):
                         source.fill(tensor)
                     elif partitioning.writer or not partitioning.partitioned or not is_parameter:
-                        value = source.value()
-                        if value.shape != tensor.shape:
-                            raise CheckpointError(
-                                f"{source.checkpoint.directory}: {', '.join(source.keys)} gives {full_name} the shape "
-                                f"{tuple(value.shape)}, but the model's is {tuple(tensor.shape)}: the checkpoint is "
-                                "not of this model's architecture (its config.json or the preset)"
-                            )
-                        tensor.copy_(value)
+                        tensor.copy_(_checked_value(source, full_name, tensor.shape))
                     bar.update()
+
+
+def _checked_value(source: Read, name: str, shape: torch.Size) -> torch.Tensor:
+    """`source`'s tensor, which must have the model's `shape` for `name`."""
+    value = source.value()
+    if value.shape != shape:
+        raise CheckpointError(
+            f"{source.checkpoint.directory}: {', '.join(source.keys)} gives {name} the shape "
+            f"{tuple(value.shape)}, but the model's is {tuple(shape)}: the checkpoint is "
+            "not of this model's architecture (its config.json or the preset)"
+        )
+    return value
 
 
 # --- writing ---------------------------------------------------------------------------------------------
@@ -302,14 +318,76 @@ def save_sharded(
     `model.safetensors.index.json`, the layout `from_pretrained` reads. The writer holds at most one shard and
     one gathered module. Returns the files written (on the writer; [] elsewhere). Collective under ZeRO-3.
     """
-    directory = Path(directory)
-    modules = [(prefix, module, list(_own_tensors(module))) for prefix, module in model.named_modules()]
-    full_name = lambda prefix, name: f"{prefix}.{name}" if prefix else name  # noqa: E731
+    modules = [(prefix, list(_own_tensors(module))) for prefix, module in model.named_modules()]
     sizes = [
-        (full_name(prefix, name), partitioning.numel(tensor) * tensor.element_size())
-        for prefix, _, own in modules
+        (_full_name(prefix, name), partitioning.numel(tensor) * tensor.element_size())
+        for prefix, own in modules
         for name, tensor, _ in own
     ]
+
+    def gathered():
+        for prefix, own in modules:
+            if not own:
+                continue
+            with partitioning.gather([t for _, t, is_parameter in own if is_parameter], False):
+                for name, tensor, _ in own:
+                    # The writer's copy, taken while the module is gathered; the other ranks only walk along.
+                    copy = partitioning.writer
+                    yield _full_name(prefix, name), tensor.detach().to("cpu", copy=True) if copy else tensor
+
+    return write_sharded(directory, sizes, gathered(), max_shard_bytes, partitioning.writer, description)
+
+
+def save_from_recipe(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    directory: str | Path,
+    max_shard_bytes: int = 5 * 10**9,
+    layout: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] = lambda name, tensor: {name: tensor},
+    description: str = "write",
+) -> list[str]:
+    """The files of `model` filled by `recipe`, written without ever filling it: `model` only gives the names,
+    shapes and dtypes (build it on the meta device, `build_meta`), and each tensor is made in turn (read and
+    checked as `load_weights` reads it, or drawn), cast to the model's dtype and written under the names
+    `layout(name, tensor)` gives it (its own by default; a conversion renames and splits), in shards as
+    `save_sharded` writes them. Holds at most one shard and the tensor being made, never the model."""
+    own = [
+        (_full_name(prefix, name), tensor)
+        for prefix, module in model.named_modules()
+        for name, tensor, _ in _own_tensors(module)
+    ]
+    sizes = [
+        (key, part.numel() * part.element_size())
+        for name, tensor in own
+        for key, part in layout(name, tensor).items()
+    ]
+
+    def made():
+        for name, tensor in own:
+            source = recipe(name, tensor.shape)
+            if isinstance(source, Init):
+                value = torch.empty(tensor.shape, dtype=tensor.dtype)
+                source.fill(value)
+            else:
+                value = _checked_value(source, name, tensor.shape).to(tensor.dtype)
+            yield from layout(name, value).items()
+
+    with torch.no_grad():
+        return write_sharded(directory, sizes, made(), max_shard_bytes, description=description)
+
+
+def write_sharded(
+    directory: str | Path,
+    sizes: list[tuple[str, int]],
+    tensors: Iterator[tuple[str, torch.Tensor]],
+    max_shard_bytes: int,
+    writer: bool = True,
+    description: str = "write",
+) -> list[str]:
+    """Write `tensors`, which come in the order of `sizes` (name, bytes) that plans their shards, as safetensors
+    shards of at most `max_shard_bytes` (a larger tensor gets a shard of its own) with transformers' index,
+    each shard written as soon as its last tensor arrives. Not the `writer`: only walks `tensors`."""
+    directory = Path(directory)
     shards = _plan_shards(sizes, max_shard_bytes)
     count = len(shards)
     file_of = {}
@@ -317,30 +395,38 @@ def save_sharded(
         for name in shard.names:
             file_of[name] = "model.safetensors" if count == 1 else f"model-{i:05d}-of-{count:05d}.safetensors"
     last_of_shard = {shard.names[-1]: file_of[shard.names[-1]] for shard in shards}
+    expected = iter(sizes)
 
-    if partitioning.writer:
+    if writer:
         directory.mkdir(parents=True, exist_ok=True)
     pending: dict[str, torch.Tensor] = {}
-    with tqdm(total=len(sizes), desc=description, unit="tensor", disable=not partitioning.writer) as bar:
-        for prefix, _, own in modules:
-            if not own:
-                continue
-            with partitioning.gather([t for _, t, is_parameter in own if is_parameter], False):
-                for name, tensor, _ in own:
-                    key = full_name(prefix, name)
-                    if partitioning.writer:
-                        pending[key] = tensor.detach().to("cpu", copy=True).contiguous()
-                        if key in last_of_shard:
-                            save_file(pending, directory / last_of_shard[key], metadata={"format": "pt"})
-                            pending.clear()
-                    bar.update()
-    if not partitioning.writer:
+    with tqdm(total=len(sizes), desc=description, unit="tensor", disable=not writer) as bar:
+        for key, tensor in tensors:
+            if writer:
+                name, nbytes = next(expected, (None, None))
+                if (key, tensor.numel() * tensor.element_size()) != (name, nbytes):
+                    # The index and the shards' sizes were planned from `sizes`: a tensor out of plan would break them.
+                    raise ValueError(
+                        f"{key} ({tensor.numel() * tensor.element_size()} bytes) came where the plan has {name} ({nbytes} bytes)"
+                    )
+                pending[key] = tensor.contiguous()
+                if key in last_of_shard:
+                    save_file(pending, directory / last_of_shard[key], metadata={"format": "pt"})
+                    pending.clear()
+            bar.update()
+    if not writer:
         return []
+    if pending or next(expected, None) is not None:
+        raise ValueError(f"{directory}: fewer tensors came than the {len(sizes)} planned")
     if count > 1:
         index = {"metadata": {"total_size": sum(nbytes for _, nbytes in sizes)}, "weight_map": file_of}
         (directory / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         return sorted({*file_of.values(), SAFETENSORS_INDEX})
     return ["model.safetensors"]
+
+
+def _full_name(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 # --- layouts ---------------------------------------------------------------------------------------------
@@ -378,19 +464,18 @@ def llm_tensor(checkpoint: Checkpoint, prefix: str, suffix: str) -> Read:
     )
 
 
-def grow_rows(read: Read, rows: int) -> Read:
-    """`read` with rows appended up to `rows`, each the mean of the rows read: the embedding of a token added
-    to the vocabulary, as transformers' `resize_token_embeddings` starts it (mean_resizing, whose sample from
-    N(mean, 1e-9 * covariance) is the mean to within 1e-9 of the rows' spread)."""
+def resize_rows(read: Read, rows: int) -> Read:
+    """`read` cut to its first `rows` rows, or with rows appended up to `rows`, each the mean of the rows read:
+    the embedding of a token added to the vocabulary, as transformers' `resize_token_embeddings` starts it
+    (mean_resizing, whose sample from N(mean, 1e-9 * covariance) is the mean to within 1e-9 of the rows'
+    spread)."""
 
     def combine(tensors):
         old = read.combine(tensors)
         extra = rows - old.shape[0]
-        return (
-            torch.cat([old, old.float().mean(0, keepdim=True).to(old.dtype).expand(extra, -1)])
-            if extra
-            else old
-        )
+        if extra <= 0:
+            return old[:rows]
+        return torch.cat([old, old.float().mean(0, keepdim=True).to(old.dtype).expand(extra, -1)])
 
     return Read(read.checkpoint, read.keys, combine)
 

@@ -33,7 +33,7 @@ from cumo.data.synthetic import build_tokenizer
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import PRESETS, build_config
-from cumo.model.processing_cumo import CumoProcessor, load_llm_tokenizer
+from cumo.model.processing_cumo import CumoProcessor, image_token_vocab, load_llm_tokenizer
 from cumo.model.upcycle import upcycle_recipe, upcycled_config
 from cumo.model.weights import (
     WHOLE,
@@ -44,9 +44,9 @@ from cumo.model.weights import (
     Read,
     Recipe,
     build_empty,
-    grow_rows,
     llm_tensor,
     load_weights,
+    resize_rows,
     saved_model,
 )
 from cumo.train.checkpoint import FINISHED, is_finished
@@ -419,13 +419,7 @@ def _pretrain_start(preset: str, sources: dict[str, str]) -> StageStart:
         preset, moe=False, conversation_template="plain", vision_config=vision_config, text_config=text_config
     )
     # Mistral's tokenizer has no image token: it gets one, and the embeddings a row for it.
-    if config.image_token not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [config.image_token]})
-    config.image_token_id = tokenizer.convert_tokens_to_ids(config.image_token)
-    source_vocab = text_config.vocab_size
-    if config.image_token_id >= source_vocab:
-        config.text_config.vocab_size = len(tokenizer)
-    vocab = config.text_config.vocab_size
+    vocab = config.text_config.vocab_size = image_token_vocab(tokenizer, config)
 
     clip, llm = Checkpoint(clip_dir), Checkpoint(llm_dir)
     std = config.text_config.initializer_range
@@ -441,11 +435,11 @@ def _pretrain_start(preset: str, sources: dict[str, str]) -> StageStart:
                 return Init(torch.nn.init.zeros_)
             return Init(lambda tensor: torch.nn.init.normal_(tensor, std=std))
         if name == _LLM + "embed_tokens.weight":
-            return grow_rows(llm_tensor(llm, "model.", "embed_tokens.weight"), vocab)
+            return resize_rows(llm_tensor(llm, "model.", "embed_tokens.weight"), vocab)
         if name.startswith(_LLM):
             return llm_tensor(llm, "model.", name.removeprefix(_LLM))
         if name == "lm_head.weight":
-            return grow_rows(Read(llm, ("lm_head.weight",)), vocab)
+            return resize_rows(Read(llm, ("lm_head.weight",)), vocab)
         raise CheckpointError(f"no base weights for {name}: add its source to stages._pretrain_start")
 
     return StageStart(config, CumoProcessor(tokenizer, config), recipe, (clip, llm), CLIP_UNUSED)

@@ -49,7 +49,11 @@ SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
 SOURCES_LOCK = "config/sources.lock.yaml"
 
 MODELS = list(config["models"])
-TRAINED = [name for name, model in config["models"].items() if "preset" in model]
+TRAINED = [
+    name
+    for name, model in config["models"].items()
+    if "preset" in model and "released" not in model
+]
 # Another model of the config evaluated with blank images: the difference is what the images are worth.
 BLANKED = {
     name: model["blank_images_of"]
@@ -129,7 +133,7 @@ def declared_files(name):
 def check_mixture_jsons():
     """Each mixture JSON of a run on downloaded data is a file its sources declare: a misspelt path stops the
     run here, before any download, not when its mixture job runs (issue 17)."""
-    for stage, mixture in config["mixtures"].items():
+    for stage, mixture in config.get("mixtures", {}).items():
         needed, todo = set(), list(mixture["sources"])
         while todo:
             name = todo.pop()
@@ -228,6 +232,10 @@ def base_model_flags(wildcards):
         f"--{part} {DATA}/{SOURCES[name]['folder']}"
         for part, name in base_models(wildcards).items()
     )
+
+
+def loader_workers(wildcards):
+    return config["train"]["loader_workers"]
 
 
 def checkpoints_dir(wildcards):
@@ -394,8 +402,54 @@ def output_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+# Released checkpoints: a source of config/sources.yaml (downloaded by the download rule into its folder) or a
+# local directory. A source needs its preset: the memory plan of its evaluation is made before the download.
+MODEL_SOURCES = [
+    name
+    for name, source in SOURCES.items()
+    if any(repo.get("repo_type") == "model" for repo in source.get("hub", []))
+]
+
+
+def check_released():
+    for name, model in config["models"].items():
+        released = model.get("released")
+        if released in SOURCES:
+            if "preset" not in model:
+                raise ValueError(
+                    f"config models.{name}: released names the source {released!r}, fetched by the run: give "
+                    f"its architecture too (preset: cumo-mistral-7b or cumo-mixtral-8x7b), from which its "
+                    "evaluation is planned before the download and which the conversion checks"
+                )
+        elif (
+            released
+            and re.fullmatch("[a-z0-9_]+", released)
+            and not Path(released).exists()
+        ):
+            raise ValueError(
+                f"config models.{name}.released: {released!r} is neither a source of config/sources.yaml (its model "
+                f"repos: {', '.join(MODEL_SOURCES)}) nor a directory here; a directory is written ./{released}"
+            )
+
+
+check_released()
+
+
 def released_checkpoint(wildcards):
-    return config["models"][wildcards.model]["released"]
+    """The released checkpoint's directory: a source's folder, or the local directory the config names."""
+    released = config["models"][wildcards.model]["released"]
+    return f"{DATA}/{SOURCES[released]['folder']}" if released in SOURCES else released
+
+
+def released_input(wildcards):
+    """What the conversion waits for: a source's download marker, or the local directory itself."""
+    released = config["models"][wildcards.model]["released"]
+    return source_marker(released) if released in SOURCES else released
+
+
+def released_preset_flag(wildcards):
+    preset = config["models"][wildcards.model].get("preset")
+    return f"--preset {preset}" if preset else ""
 
 
 onstart:

@@ -32,7 +32,7 @@ rule train:
         checkpoints=checkpoints_dir,
         previous=previous_flag,
         base=base_model_flags,
-        workers=config["train"]["loader_workers"],
+        workers=loader_workers,
         recipe=recipe_flags,
     shell:
         "cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
@@ -41,9 +41,10 @@ rule train:
         " {params.recipe} > {log} 2>&1"
 
 
+# Streamed a tensor at a time: the job holds one 5 GB shard and the tensors it is making (profiles/default).
 rule convert_released:
     input:
-        released_checkpoint,
+        released_input,
     output:
         directory(f"{RUN}/models/{{model}}/released"),
     log:
@@ -52,8 +53,11 @@ rule convert_released:
         f"{RUN}/benchmarks/convert/{{model}}.tsv"
     conda:
         "../../envs/train.yaml"
+    params:
+        checkpoint=released_checkpoint,
+        preset=released_preset_flag,
     shell:
-        "cumo convert from-released {input} {output} > {log} 2>&1"
+        "cumo convert from-released {params.checkpoint} {output} {params.preset} > {log} 2>&1"
 
 
 for stage in STAGES:
