@@ -297,3 +297,36 @@ def test_sigterm_to_one_rank_saves_on_every_rank_and_resumes_there(reference, tm
 
     succeeded(toy_run(tmp_path / "checkpoints", tmp_path / "result.pt", zero))
     assert_same_run(tmp_path / "result.pt", expected, resumed_from=3)
+
+
+def processes_naming(text: str) -> list[int]:
+    """The live processes whose command line holds `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # ended while read
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", [2], ids=["zero2"], indirect=True)
+def test_the_ranks_of_a_killed_launcher_save_stop_and_resume(reference, tmp_path):
+    """SIGKILL to torchrun mid-run (as when Snakemake's process group is killed): the ranks, each in a session
+    of its own, get SIGTERM from the kernel, save at the step boundary and exit; none trains on. The run
+    resumes from that checkpoint to the uninterrupted run's weights."""
+    zero, _, expected = reference
+    checkpoints = tmp_path / "checkpoints"
+    killed = toy_run(checkpoints, tmp_path / "unused.pt", zero, "--kill-launcher-at", "3")
+    # toy_run returns once every rank has closed torchrun's stdout and stderr: the ranks have exited.
+    log = killed.stderr[-6000:]
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "unused.pt").exists(), log
+    assert processes_naming(str(checkpoints)) == []
+    assert "rank 0: stopping for preemption (signal received here: SIGTERM)" in log
+    # The step torchrun died in (rank 0 waits in it for the kernel's SIGTERM).
+    assert latest_complete(checkpoints) == checkpoints / "checkpoint-3", names(checkpoints)
+
+    succeeded(toy_run(checkpoints, tmp_path / "result.pt", zero))
+    assert_same_run(tmp_path / "result.pt", expected, resumed_from=3)

@@ -53,13 +53,13 @@ def test_one_node_of_8_gpus_runs_torchrun_over_them():
         "cumo",
         *TRAIN,
     ]
-    assert env == {"DS_ACCELERATOR": "cuda"}
+    assert env == {"DS_ACCELERATOR": "cuda", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
 
 
 def test_tiny_preset_runs_2_ranks_on_deepspeeds_cpu_accelerator():
     argv, env = local_command(TRAIN, num_processes=2, device="cpu")
     assert "--nproc-per-node=2" in argv
-    assert env == {"DS_ACCELERATOR": "cpu"}
+    assert env == {"DS_ACCELERATOR": "cpu", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "300"}
 
 
 @pytest.mark.slow

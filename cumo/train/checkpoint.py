@@ -20,9 +20,12 @@ it is neither written (`save_latest=False`) nor read (the tag is passed to `load
 
 Preemption: Slurm sends SIGTERM ahead of a time limit or a preemption (`--signal=TERM@300`). Each rank
 only sets a flag; at a step boundary `Preemption.agree()` tells every rank whether any rank got it, they
-save together and exit with `EXIT_PREEMPTED`, and the retried job resumes from that checkpoint.
+save together and exit with `EXIT_PREEMPTED`, and the retried job resumes from that checkpoint. A rank whose
+launcher died (torchrun killed, Snakemake's process group killed) gets the same SIGTERM from the kernel and
+stops the same way, so no rank trains on, or writes an output, with nothing watching it.
 """
 
+import ctypes
 import json
 import logging
 import os
@@ -30,6 +33,7 @@ import random
 import re
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -80,6 +84,24 @@ def rank0_decides(value):
 # --- preemption --------------------------------------------------------------------------------------
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def signal_on_parent_death(sig: signal.Signals) -> None:
+    """Have the kernel send `sig` to this process when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere
+    nothing). torchrun starts every rank in a session of its own (`start_new_session`,
+    torch/distributed/elastic/multiprocessing/subprocess_handler), so neither a SIGKILL to torchrun nor one to
+    Snakemake's process group reaches the ranks: they trained on and exported with nothing watching
+    (issue 16). With this they stop as on a preemption: save at the next step boundary, exit."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl(PR_SET_PDEATHSIG, {sig}) failed")
+    if os.getppid() == 1:  # the parent died before the request: adopted by init already
+        os.kill(os.getpid(), sig)
+
+
 class Preemption:
     """Installs a handler for `signals` (SIGTERM: what Slurm sends with `--signal=TERM@300` before a time
     limit or a preemption) that only records the signal; the trainer polls `agree()` at step boundaries.
@@ -87,8 +109,8 @@ class Preemption:
     The handler replaces Python's default one, which would end the process at once. A second SIGTERM (Slurm
     sends one again at the time limit itself, then SIGKILL after `KillWait`) is recorded the same way.
     Under `torchrun`, the agent forwards SIGTERM to the ranks and SIGKILLs them after
-    `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (default 30, torch `distributed/launcher/api.py`): a launcher
-    must raise it to cover a save.
+    `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` seconds (default 30, torch `distributed/launcher/api.py`), which
+    `launch.local_command` raises to cover a save.
     """
 
     def __init__(self, signals=(signal.SIGTERM,)):
@@ -101,6 +123,7 @@ class Preemption:
         self._received = None
         for sig in signals:
             signal.signal(sig, self._record)
+        signal_on_parent_death(signals[0])
 
     def _record(self, signum, frame):
         # No logging here: a handler runs between two bytecodes of the main thread, possibly inside

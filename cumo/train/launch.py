@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 # SLURM_NTASKS and SLURM_PROCID, and must stay a single process.
 RANKS_FROM = "CUMO_RANKS_FROM"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+SAVE_GRACE_S = 300  # seconds a rank has to save after SIGTERM (profiles/default: --signal=TERM@300)
 
 
 class LaunchError(RuntimeError):
@@ -44,7 +45,10 @@ def local_command(
         "cumo",
         *cumo_args,
     ]
-    return argv, _accelerator_env(device)
+    # torchrun passes a SIGTERM on to the ranks, then SIGKILLs them after TORCH_ELASTIC_SHUTDOWN_TIMEOUT seconds
+    # (default 30, torch/distributed/launcher/api.py): too short for a paper-scale save. 300 s is the lead the
+    # Slurm profile's `--signal=TERM@300` gives before the time limit's own SIGKILL.
+    return argv, {**_accelerator_env(device), "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(SAVE_GRACE_S)}
 
 
 def srun_command(

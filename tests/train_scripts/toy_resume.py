@@ -6,7 +6,8 @@ noise from Python's, NumPy's and torch's generators (seeded per rank), so a resu
 if weights, optimizer, LR schedule, data position and every rank's RNG come back. It saves every
 `--save-every` steps and, on an agreed preemption, at that step before exiting with EXIT_PREEMPTED.
 Failures are injected on one rank: `--crash-after STEP` (os._exit, as a kill) and `--sigterm-at STEP`
-(a real SIGTERM to itself in the middle of the step). At the end rank 0 writes `--result`: the full
+(a real SIGTERM to itself in the middle of the step), and on rank 0 `--kill-launcher-at STEP` (SIGKILL to
+torchrun, its parent). At the end rank 0 writes `--result`: the full
 weights, the mean loss and learning rate of every step, from client_state (so including steps trained
 before a resume), and the step it resumed from. Ranks end as `cumo train`'s do (`trainer.exit_rank`).
 """
@@ -15,6 +16,7 @@ import argparse
 import os
 import random
 import signal
+import time
 
 import deepspeed
 import numpy as np
@@ -36,6 +38,7 @@ def parse_args():
     parser.add_argument("--keep", type=int, default=2)
     parser.add_argument("--crash-after", type=int, help="rank 1 exits abruptly right after this step")
     parser.add_argument("--sigterm-at", type=int, help="rank 1 sends itself SIGTERM during this step")
+    parser.add_argument("--kill-launcher-at", type=int, help="rank 0 SIGKILLs torchrun during this step")
     return parser.parse_args()
 
 
@@ -87,6 +90,13 @@ def main() -> int:
         loss = torch.nn.functional.mse_loss(engine(inputs[index]), targets[index] + noise)
         if rank == FAILING_RANK and step == args.sigterm_at:
             os.kill(os.getpid(), signal.SIGTERM)
+        if rank == 0 and step == args.kill_launcher_at:
+            os.kill(os.getppid(), signal.SIGKILL)
+            # Until the kernel's SIGTERM is here (it comes as torchrun's death is processed), so the ranks agree
+            # at the end of this step, not a later one.
+            deadline = time.monotonic() + 60
+            while not preemption.requested and time.monotonic() < deadline:
+                time.sleep(0.01)
         engine.backward(loss)
         engine.step()
         lrs.append(engine.get_lr()[0])  # after the step: the scheduler warns before its first step
