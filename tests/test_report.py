@@ -9,7 +9,7 @@ import yaml
 
 from cumo.cli import main
 from cumo.eval.benchmarks import NAMES, get
-from cumo.report.plots import expert_share, write_plots
+from cumo.report.plots import benchmark_points, expert_share, write_plots
 from cumo.report.tables import build_table, latex_escape, load_paper, to_latex, to_markdown, write_tables
 
 PAPER = "config/paper_results.yaml"
@@ -246,6 +246,44 @@ def test_expert_share():
     assert expert_share(records, "clip_tokens_per_expert").tolist() == [[0.5, 0.5], [0.5, 0.5]]
     assert expert_share(records, "mlp_tokens_per_expert").tolist() == [[3 / 8, 5 / 8]]
     assert expert_share([step_record(1)], "mlp_tokens_per_expert") is None
+
+
+def test_the_benchmarks_figure_puts_every_number_on_one_scale_and_names_what_is_missing(tmp_path):
+    """MME's points as a share of its 2000 beside percentages, the paper's numbers on their model's line, a
+    blank-images run on the line of its weights' model; no mark for a missing number, which is named."""
+    write_metrics(tmp_path, "tiny", "gqa", 40.0)
+    write_metrics(tmp_path, "tiny", "mme", 150.0)
+    write_metrics(tmp_path, "tiny-blank-images", "gqa", 25.0, weights="tiny", blank=True)
+    write_metrics(tmp_path, "cumo-mistral-7b", "mme", 1500.0)
+    write_metrics(tmp_path, "cumo-mistral-7b", "pope", None)  # scored by a server
+    models = ["cumo-mistral-7b", "tiny", "tiny-blank-images"]
+    points, unscored = benchmark_points(
+        build_table(tmp_path, load_paper(PAPER), models, ["gqa", "pope", "mme"])
+    )
+    marks = {(point.row, point.line, point.kind): (point.value, round(point.share, 2)) for point in points}
+    assert marks == {
+        (0, "cumo-mistral-7b", "reported"): (64.9, 64.9),
+        (0, "tiny", "reproduced"): (40.0, 40.0),
+        (0, "tiny", "blanked"): (25.0, 25.0),
+        (1, "cumo-mistral-7b", "reported"): (86.7, 86.7),
+        (2, "cumo-mistral-7b", "reproduced"): (1500.0, 75.0),
+        (2, "cumo-mistral-7b", "reported"): (1548.6, 77.43),
+        (2, "tiny", "reproduced"): (150.0, 7.5),
+    }
+    assert unscored == [
+        "GQA (cumo-mistral-7b)",
+        "POPE (cumo-mistral-7b: the server scores it)",
+        "POPE (tiny)",
+    ]
+
+
+def test_a_scale_is_a_positive_number(tmp_path):
+    data = yaml.safe_load(open(PAPER))
+    data["benchmarks"]["mme"]["scale"] = 0
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ValueError, match=r"benchmarks.mme.scale is 0, not a positive number"):
+        load_paper(path)
 
 
 def test_plots_written_and_skips_counted(eval_dir, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The run's figures, PNG and PDF: reproduced vs reported per benchmark, and per model its training curves
+"""The run's figures, PNG and PDF: reproduced vs reported on every benchmark, and per model its training curves
 (loss per stage, the MoE auxiliary losses of sft) and the expert load of CLIP's and the connector's MoE.
 
 Training figures read the `metrics.jsonl` each stage exports next to its model
@@ -10,7 +10,7 @@ not drawn and its reason is returned, never dropped silently.
 """
 
 import json
-import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -64,37 +64,85 @@ def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(steps, dtype=float), np.asarray(values, dtype=float)
 
 
+@dataclass(frozen=True)
+class Point:
+    """One mark of the benchmarks figure, on `line` (a model; its blank-images run marks its model's line)."""
+
+    row: int  # the benchmark's, in the table's column order
+    line: str
+    kind: str  # "reproduced", "reported" or "blanked"
+    value: float  # in the metric's own unit
+    share: float  # % of the metric's full scale
+
+
+def benchmark_points(table) -> tuple[list[Point], list[str]]:
+    """The marks of the benchmarks figure, every value as a share of its benchmark's full scale
+    (`Column.scale`: MME's 2000 points beside percentages), and the cells with no number, named."""
+    points, unscored = [], []
+    for row, column in enumerate(table.columns):
+        for model, cells in table.cells.items():
+            cell, line = cells[column.name], table.blank_of.get(model, model)
+            if model in table.blank_of:
+                kinds = (("blanked", cell.reproduced),)
+            else:
+                kinds = (("reproduced", cell.reproduced), ("reported", cell.reported))
+                if cell.reproduced is None:
+                    unscored.append(
+                        f"{column.title} ({model}{': the server scores it' if cell.pending else ''})"
+                    )
+            points += [
+                Point(row, line, kind, value, 100 * value / column.scale)
+                for kind, value in kinds
+                if value is not None
+            ]
+    return points, unscored
+
+
+MARKERS = {
+    "reproduced": {"marker": "o"},
+    "reported": {"marker": "D", "mfc": "none"},
+    "blanked": {"marker": "x", "mew": 2},
+}
+
+
 def plot_benchmarks(table, out_dir: Path) -> list[str]:
-    """One panel per benchmark (each on its own scale: MME's points beside percentages), a bar per model's
-    reproduced number and a hatched one beside it for the paper's."""
-    columns, models = table.columns, list(table.cells)
-    per_row = min(5, len(columns))
-    rows = math.ceil(len(columns) / per_row)
-    figure, axes = plt.subplots(rows, per_row, figsize=(3.0 * per_row, 2.8 * rows), squeeze=False)
-    colours = plt.get_cmap("tab10").colors
-    for axis, column in zip(axes.flat, columns, strict=False):
-        for number, model in enumerate(models):
-            cell = table.cells[model][column.name]
-            colour = colours[number % len(colours)]
-            reproduced = np.nan if cell.reproduced is None else cell.reproduced
-            axis.bar(number - 0.2, reproduced, width=0.4, color=colour)
-            if cell.reproduced is None:  # a missing bar is marked, not drawn as 0
-                label = "server" if cell.pending else "n/a"
-                axis.text(number - 0.2, 0, label, rotation=90, ha="center", va="bottom", fontsize=7)
-            if cell.reported is not None:
-                axis.bar(number + 0.2, cell.reported, width=0.4, color=colour, alpha=0.4, hatch="//")
-        axis.set_xlim(-0.6, len(models) - 0.4)
-        axis.set_title(f"{column.title}\n{column.split}", fontsize=9)
-        axis.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=7)
-        axis.tick_params(axis="y", labelsize=7)
-    for axis in axes.flat[len(columns) :]:
-        axis.axis("off")
-    handles = [
-        matplotlib.patches.Patch(color="grey", label="reproduced"),
-        matplotlib.patches.Patch(color="grey", alpha=0.4, hatch="//", label="reported (paper)"),
+    """Every benchmark on one axis as a share of its full scale: per model a dot for the reproduced number
+    (labelled with it), joined to an open diamond for the paper's; a model evaluated with its images blanked
+    is a cross on its model's line, so what the images give is the gap. No bar of 0 for a missing number: it
+    is named under the figure."""
+    points, unscored = benchmark_points(table)
+    lines = [model for model in table.cells if model not in table.blank_of]
+    colours = dict(zip(lines, plt.get_cmap("tab10").colors * (len(lines) // 10 + 1), strict=False))
+    height = 0.8 / len(lines)  # the lines of one benchmark share its row
+
+    def y(point: Point) -> float:
+        return point.row + (lines.index(point.line) - (len(lines) - 1) / 2) * height
+
+    figure, axis = plt.subplots(figsize=(8, 0.5 + len(table.columns) * max(0.45, 0.25 * len(lines))))
+    by_place = {(point.row, point.line, point.kind): point for point in points}
+    for (row, line, kind), point in by_place.items():
+        axis.plot(point.share, y(point), ls="", color=colours[line], ms=6, **MARKERS[kind])
+        if kind == "reproduced":
+            axis.annotate(
+                f"{point.value:.1f}", (point.share, y(point)), xytext=(5, 2), textcoords="offset points",
+                fontsize=7, va="bottom", color=colours[line],
+            )  # fmt: skip
+            if (reported := by_place.get((row, line, "reported"))) is not None:
+                axis.plot([point.share, reported.share], [y(point)] * 2, color=colours[line], lw=1, alpha=0.5)
+    axis.set_yticks(range(len(table.columns)), [f"{c.title}  ({c.split})" for c in table.columns], fontsize=8)
+    axis.invert_yaxis()  # the paper's column order, top to bottom
+    axis.set_xlim(-1, 101)  # a mark at 0 or 100 drawn whole
+    axis.set_xlabel("% of the benchmark's full scale (MME: of 2000 points; the number by a dot is its own)")
+    axis.grid(axis="x", alpha=0.3)
+    handles = [matplotlib.lines.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in lines]
+    handles += [
+        matplotlib.lines.Line2D([], [], color="grey", ls="", label=label, **MARKERS[kind])
+        for kind, label in (("reported", "reported (paper)"), ("blanked", "images blanked"))
     ]
+    axis.legend(handles=handles, loc="lower right", fontsize=7)
+    if unscored:
+        figure.text(0, -0.02, "No number: " + ", ".join(unscored), fontsize=7, va="top", wrap=True)
     figure.tight_layout()
-    figure.legend(handles=handles, loc="lower right", fontsize=8)
     return _save(figure, out_dir, "benchmarks")
 
 

@@ -24,6 +24,7 @@ from cumo.eval.benchmarks import NAMES, get
 
 METRICS_FILE = "metrics.json"
 ROWS = ("reproduced", "reported", "delta")
+COLUMN_KEYS = {"title", "split", "metric", "scale"}  # of a benchmark in paper_results.yaml
 MISSING, PENDING = "—", "server"  # the Markdown/LaTeX text of a missing cell and of a server-scored one
 
 
@@ -33,6 +34,7 @@ class Column:
     title: str  # the paper's column: "TextVQA"
     split: str
     metric: str
+    scale: float = 100.0  # the metric's full scale (MME perception: 2000), for a plot on one axis
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Table:
     paper_models: set[str]  # the models with reported rows
     notes: list[str]  # footnotes: the source, where a reproduced split or judge differs from the paper's
     source: str
+    blank_of: dict[str, str]  # a model evaluated with every image blanked -> the same weights with images
 
     def counts(self) -> dict[str, int]:
         cells = [cell for row in self.cells.values() for cell in row.values()]
@@ -81,9 +84,14 @@ def load_paper(path: Path) -> Paper:
     for name, column in data["benchmarks"].items():
         if name not in NAMES:
             raise ValueError(f"{path}: benchmarks.{name} is not a benchmark; known: {', '.join(NAMES)}")
-        if not isinstance(column, dict) or set(column) != {"title", "split", "metric"}:
-            raise ValueError(f"{path}: benchmarks.{name} needs exactly title, split and metric")
-        columns[name] = Column(name, **{key: str(value) for key, value in column.items()})
+        if not isinstance(column, dict) or not {"title", "split", "metric"} <= set(column) <= COLUMN_KEYS:
+            raise ValueError(f"{path}: benchmarks.{name} needs title, split and metric, and may have scale")
+        scale = column.get("scale", 100)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale <= 0:
+            raise ValueError(f"{path}: benchmarks.{name}.scale is {scale!r}, not a positive number")
+        columns[name] = Column(
+            name, **{key: str(column[key]) for key in ("title", "split", "metric")}, scale=float(scale)
+        )
     reported = {}
     for model, numbers in data["models"].items():
         for name, value in numbers.items():
@@ -175,35 +183,49 @@ def build_table(eval_dir: Path, paper: Paper, models: list[str], benchmarks: lis
                     f"{column.title} ({model}): the judge's rules gave up on {gave_up['skipped']} of "
                     f"{gave_up['seen']} ({reasons})."
                 )
-    notes += _image_notes(found, cells, columns)
+    blank_of = _blank_pairs(found)
+    notes += _image_notes(found, cells, columns, blank_of)
     paper_models = {model for model in models if model in paper.reported}
-    return Table(columns, cells, paper_models, notes, paper.source)
+    return Table(columns, cells, paper_models, notes, paper.source, blank_of)
 
 
-def _image_notes(found: dict[str, list[tuple[str, dict]]], cells: dict, columns: list[Column]) -> list[str]:
-    """What the images give: a model against the same weights (metrics.json's model digest) evaluated with
-    every image blanked (`cumo eval --blank-images`), per benchmark both have, with the number of questions
-    behind it: on a few dozen a difference moves by several points between runs. A model that scores the same
-    without its images does not read them (issue 5 asks the tiny model for 15 points on GQA and POPE)."""
-    pairs = {}  # (model with images, model with blank images) -> [(column, difference)]
-    for column in columns:
-        runs = found.get(column.name, [])
+def _blank_pairs(found: dict[str, list[tuple[str, dict]]]) -> dict[str, str]:
+    """Each model evaluated with every image blanked (`cumo eval --blank-images`) -> the model evaluated with
+    its images from the same weights (metrics.json's model digest), on any benchmark both have."""
+    pairs = {}
+    for runs in found.values():
         for blank, blank_data in runs:
             if not blank_data.get("config", {}).get("blank_images"):
                 continue
             for model, data in runs:
                 same = data.get("model", {}).get("digest") == blank_data.get("model", {}).get("digest")
                 if same and not data.get("config", {}).get("blank_images"):
-                    with_images, without = cells[model][column.name], cells[blank][column.name]
-                    if with_images.reproduced is not None and without.reproduced is not None:
-                        difference = with_images.reproduced - without.reproduced
-                        pairs.setdefault((model, blank), []).append(
-                            f"{column.title} {difference:+.1f} ({data.get('n', '?')} questions)"
-                        )
-    return [
-        f"Images: {model} minus {blank} (the same weights, every image blanked): {', '.join(differences)}."
-        for (model, blank), differences in pairs.items()
-    ]
+                    pairs[blank] = model
+    return pairs
+
+
+def _image_notes(
+    found: dict[str, list[tuple[str, dict]]], cells: dict, columns: list[Column], blank_of: dict[str, str]
+) -> list[str]:
+    """What the images give: a model against the same weights evaluated with every image blanked, per
+    benchmark both have, with the number of questions behind it: on a few dozen a difference moves by several
+    points between runs. A model that scores the same without its images does not read them (issue 5 asks
+    the tiny model for 15 points on GQA and POPE)."""
+    questions = {(model, name): data.get("n", "?") for name, runs in found.items() for model, data in runs}
+    notes = []
+    for blank, model in blank_of.items():
+        differences = [
+            f"{column.title} {with_images.reproduced - without.reproduced:+.1f} "
+            f"({questions[(model, column.name)]} questions)"
+            for column in columns
+            if (with_images := cells[model][column.name]).reproduced is not None
+            and (without := cells[blank][column.name]).reproduced is not None
+        ]
+        if differences:
+            notes.append(
+                f"Images: {model} minus {blank} (the same weights, every image blanked): {', '.join(differences)}."
+            )
+    return notes
 
 
 def _column_from_results(name: str, found: list[tuple[str, dict]]) -> Column:
