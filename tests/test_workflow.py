@@ -251,6 +251,11 @@ def eval_command(target: str, *config) -> str:
 
 def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
     command = eval_command("results/tiny/eval/tiny-blank-images/pope/metrics.json")
+    # The tiny run's CPU job asks for the tiny config's cores, not the paper's 32.
+    result = snakemake("--dry-run", "--forceall", "results/tiny/eval/tiny-blank-images/pope/metrics.json")
+    assert re.search(r"rule evaluate:\n(?:    .*\n)*?    resources: .*cpus_per_task=2\b", result.stdout), (
+        result.stdout
+    )
     assert "--model results/tiny/models/tiny/sft " in command and "--blank-images" in command
     assert "--shards 1 --gpus-per-shard 1 --device cpu" in command  # on CPU a shard is one process
     command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json")
@@ -322,6 +327,7 @@ def test_train_and_evaluate_ask_slurm_for_the_planned_memory_and_gpus():
         if rule == "evaluate":
             gpus = {"cumo-mistral-7b": 1, "cumo-mixtral-8x7b": 2}[wildcards["model"]]
             assert plan.gpus_per_rank == gpus and resources["gres"] == f"gpu:{4 * gpus}"
+            assert resources["cpus_per_task"] == str(config["eval"]["cpus"]) == "32"
             assert f"--shards 4 --gpus-per-shard {gpus} " in command
         else:
             assert ("--set micro_batch_size=16 " in command) == (wildcards["stage"] == "pretrain"), command

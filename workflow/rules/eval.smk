@@ -17,6 +17,7 @@ rule evaluate:
     resources:
         gres=eval_gres,
         mem_mb=eval_mem_mb,
+        cpus_per_task=config["eval"]["cpus"],
     params:
         data_root=DATA,
         out=output_dir,
