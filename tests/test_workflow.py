@@ -500,7 +500,7 @@ def test_a_released_model_without_its_preset_or_source_stops_naming_the_fix(tmp_
     "change, named",
     [
         (
-            {"eval": {"device": "gpu", "dtype": "float32", "batch_size": 8, "shards": 1}},
+            {"eval": {"device": "gpu", "dtype": "float32", "batch_size": 8, "shards": 1, "cpus": 2}},
             ["instance['eval']['device']", "'gpu' is not one of ['cuda', 'cpu']"],
         ),
         ({"benchmarks": ["textvqa", "vizwiz"]}, ["instance['benchmarks'][1]", "'vizwiz' is not one of"]),
