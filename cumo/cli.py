@@ -298,6 +298,14 @@ def evaluate(args) -> None:
     scoring, OUT/predictions.jsonl and OUT/metrics.json (+ OUT/submission/ where a server scores)."""
     from cumo.eval.evaluate import EvalConfig, evaluate, run_shard
 
+    # The parser leaves the judge's settings None, not importing the judge for their defaults (its openai
+    # client takes about a second to load, on every `cumo` command): those not given take EvalConfig's.
+    judge_settings = {
+        "judge_timeout_s": args.judge_timeout,
+        "judge_attempts": args.judge_attempts,
+        "judge_backoff_s": args.judge_backoff,
+        "judge_max_gave_up_share": args.judge_max_gave_up,
+    }
     config = EvalConfig(
         benchmark=args.benchmark,
         model=str(args.model),
@@ -314,10 +322,7 @@ def evaluate(args) -> None:
         judge_base_url=args.judge_base_url,
         judge_runs=args.judge_runs,
         judge_serve=args.judge_serve,
-        judge_timeout_s=args.judge_timeout,
-        judge_attempts=args.judge_attempts,
-        judge_backoff_s=args.judge_backoff,
-        judge_max_gave_up_share=args.judge_max_gave_up,
+        **{name: value for name, value in judge_settings.items() if value is not None},
     )
     if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
         print(json.dumps(run_shard(config, args.out, args.shard, args.model_digest)))
@@ -329,8 +334,6 @@ def evaluate(args) -> None:
 
 
 def add_evaluate_arguments(steps) -> None:
-    from cumo.eval.judge import ATTEMPTS, BACKOFF_S, MAX_GAVE_UP_SHARE, TIMEOUT_S
-
     sub = add_step(steps, "eval", evaluate)
     sub.add_argument("benchmark", metavar="BENCH", help="one of: " + ", ".join(BENCHMARK_NAMES))
     sub.add_argument("--model", required=True, type=existing_directory, help="model directory to evaluate")
@@ -365,22 +368,16 @@ def add_evaluate_arguments(steps) -> None:
     sub.add_argument("--judge-model", help="judge of MM-Vet, LLaVA-Wild, MathVista (paper: gpt-4-0613)")
     sub.add_argument("--judge-base-url", help="OpenAI-compatible server of the judge (default: OpenAI's)")
     sub.add_argument("--judge-runs", type=int, default=1, help="judge runs averaged (the paper: 3)")
-    sub.add_argument(
-        "--judge-timeout", type=float, default=TIMEOUT_S, help="seconds one judge request may take"
-    )
-    sub.add_argument(
-        "--judge-attempts", type=int, default=ATTEMPTS, help="tries of a judge call before the run fails"
-    )
+    sub.add_argument("--judge-timeout", type=float, help="seconds one judge request may take")
+    sub.add_argument("--judge-attempts", type=int, help="tries of a judge call before the run fails")
     sub.add_argument(
         "--judge-backoff",
         type=float,
-        default=BACKOFF_S,
         help="seconds before the second try, doubled at each (a server's Retry-After comes first)",
     )
     sub.add_argument(
         "--judge-max-gave-up",
         type=float,
-        default=MAX_GAVE_UP_SHARE,
         help="share of questions the benchmark's rules may give up on (no grade, no extraction) before it fails",
     )
     sub.add_argument(
