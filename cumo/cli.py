@@ -50,6 +50,13 @@ def corpus_sizes(text: str) -> dict[str, int]:
     return sizes
 
 
+def add_step(steps, name: str, function) -> argparse.ArgumentParser:
+    """`cumo ... <name>`, which runs `function`; its help is the function's docstring."""
+    sub = steps.add_parser(name, help=function.__doc__, description=function.__doc__)
+    sub.set_defaults(function=function)
+    return sub
+
+
 def demo(args) -> None:
     """Build the tiny CuMo, co-upcycle it, check the invariant and answer questions about generated images."""
     from cumo.demo import run_demo
@@ -57,6 +64,12 @@ def demo(args) -> None:
     report = run_demo(args.out, seed=args.seed)
     print(json.dumps(report, indent=2))
     print(f"model and processor saved under {args.out}/model")
+
+
+def add_demo_arguments(steps) -> None:
+    sub = add_step(steps, "demo", demo)
+    sub.add_argument("--out", default="results/demo", help="where the model, processor and demo.json go")
+    sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
 
 
 def download(args) -> None:
@@ -70,6 +83,25 @@ def download(args) -> None:
     print(f"{len(records)} source(s) ready under {data_root}: {', '.join(r['source'] for r in records)}")
 
 
+def add_download_arguments(steps) -> None:
+    sub = add_step(steps, "download", download)
+    sub.add_argument("names", nargs="+", metavar="SOURCE", help="source names declared in the sources config")
+    sub.add_argument("--data-root", default=None, help="data tree root (default: $CuMo_DIR/data, else data)")
+    sub.add_argument("--config", default="config/sources.yaml", help="the sources declarations")
+    sub.add_argument(
+        "--lock",
+        default=None,
+        help="the pins learned on first download: Hub commits, every file's sha256 (default: kept with --config, "
+        "config/sources.lock.yaml)",
+    )
+    sub.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="renew the named sources' pins on purpose, done or not: resolve their Hub revisions anew and record "
+        "every file's sha256 again (files in place are kept where they pass the declared checks)",
+    )
+
+
 def synthetic(args) -> None:
     """Write the tiny shapes world: training corpora (pretrain, pft, sft), their tokenizer, 13 benchmarks."""
     from cumo.data.synthetic import write_world
@@ -78,6 +110,18 @@ def synthetic(args) -> None:
     world = write_world(args.data_root, seed=args.seed, sizes=args.sizes)
     benchmarks = write_benchmarks(args.data_root, seed=args.seed, per_benchmark=args.per_benchmark)
     print(json.dumps({"world": world, "benchmarks": sorted(benchmarks)}, indent=2, default=str))
+
+
+def add_synthetic_arguments(steps) -> None:
+    sub = add_step(steps, "synthetic", synthetic)
+    sub.add_argument("--data-root", required=True, help="where the world's data tree is written")
+    sub.add_argument("--seed", type=int, default=0, help="seed of everything generated")
+    sub.add_argument("--per-benchmark", type=int, default=40, help="questions per benchmark")
+    sub.add_argument(
+        "--sizes",
+        type=corpus_sizes,
+        help="samples per training corpus, e.g. pretrain=400,pft=200,sft=600 (default: the tiny recipe's world)",
+    )
 
 
 def mixture(args) -> None:
@@ -95,6 +139,24 @@ def mixture(args) -> None:
         max_skipped_share=args.max_skipped_share,
     )
     print(stats["summary"])
+
+
+def add_mixture_arguments(steps) -> None:
+    sub = add_step(steps, "mixture", mixture)
+    sub.add_argument("inputs", nargs="+", type=Path, metavar="JSON", help="mixture JSON file(s), in order")
+    sub.add_argument("--data-root", required=True, type=Path, help="the data tree the image paths are under")
+    sub.add_argument("--out", required=True, type=Path, help="the Arrow file to write")
+    sub.add_argument("--stats", required=True, type=Path, help="the stats JSON to write (counts, drops)")
+    sub.add_argument(
+        "--image-folder",
+        default="",
+        help="images' folder under the data root (pretrain: llava/llava_pretrain/images)",
+    )
+    sub.add_argument(
+        "--reference", type=Path, help="published mixture whose composition the stats compare to"
+    )
+    sub.add_argument("--verify-images", action="store_true", help="also decode every image (parallel)")
+    sub.add_argument("--max-skipped-share", type=float, default=0.001, help="fail above this share of drops")
 
 
 def train(args) -> None:
@@ -123,196 +185,8 @@ def train(args) -> None:
     exit_rank(0)
 
 
-def launch(args) -> None:
-    """Run `cumo train ...` distributed: ranks on this machine (torchrun), or one task per GPU on Slurm nodes
-    (srun, inside the allocation). The batch plan and the DeepSpeed config are checked before anything starts."""
-    import os
-
-    from cumo.train.batching import plan_batch
-    from cumo.train.deepspeed_config import load_deepspeed_config
-    from cumo.train.launch import local_command, srun_command
-    from cumo.train.stages import parse_overrides, stage_config
-    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
-
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    train_args = build_parser().parse_args(command)
-    if train_args.step != "train":
-        raise ValueError(f"cumo launch runs `cumo train ...`, got `cumo {' '.join(command)}`")
-    stage = stage_config(train_args.stage, train_args.preset, **parse_overrides(train_args.set))
-    world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
-    print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
-    load_deepspeed_config(DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json")
-    if args.nodes > 1:
-        argv, env = srun_command(
-            command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
-        )
-    else:
-        argv, env = local_command(command, num_processes=args.processes, device=args.device)
-    os.execvpe(argv[0], argv, {**os.environ, **env})
-
-
-def evaluate(args) -> None:
-    """Evaluate a model on one benchmark: greedy answers (batched, sharded, resumable), the benchmark's own
-    scoring, OUT/predictions.jsonl and OUT/metrics.json (+ OUT/submission/ where a server scores)."""
-    from cumo.eval.evaluate import EvalConfig, evaluate, run_shard
-
-    config = EvalConfig(
-        benchmark=args.benchmark,
-        model=str(args.model),
-        data_root=str(args.data_root),
-        split=args.split,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        shards=args.shards,
-        gpus_per_shard=args.gpus_per_shard,
-        device=args.device,
-        dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
-        blank_images=args.blank_images,
-        judge_model=args.judge_model,
-        judge_base_url=args.judge_base_url,
-        judge_runs=args.judge_runs,
-        judge_serve=args.judge_serve,
-        judge_timeout_s=args.judge_timeout,
-        judge_attempts=args.judge_attempts,
-        judge_backoff_s=args.judge_backoff,
-        judge_max_gave_up_share=args.judge_max_gave_up,
-    )
-    if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
-        print(json.dumps(run_shard(config, args.out, args.shard, args.model_digest)))
-        return
-    metrics = evaluate(config, args.out)
-    print(
-        f"{metrics['title']} ({metrics['split']}): {metrics['headline']['metric']} = {metrics['headline']['value']}"
-    )
-
-
-def judge_server(args) -> None:
-    """Serve the tiny preset's rule judge (MM-Vet, LLaVA-Bench, MathVista prompts; not GPT) as an
-    OpenAI-compatible /v1/chat/completions on 127.0.0.1:PORT until interrupted."""
-    from cumo.eval import rule_judge
-    from cumo.eval.judge_server import JudgeServer
-
-    server = JudgeServer(rule_judge.reply, port=args.port)
-    print(
-        f"{rule_judge.MODEL} at {server.base_url} (e.g. --judge-model {rule_judge.MODEL} --judge-base-url "
-        f"{server.base_url}; any OPENAI_API_KEY)",
-        flush=True,
-    )
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-
-
-def plan(args) -> None:
-    """The memory every training and evaluation job of a workflow config needs on its `cluster:` (per GPU, per
-    node, by term) with its verdict; exits 1 naming what to change when a job cannot fit."""
-    import yaml
-
-    from cumo.plan import Cluster, format_plan, plan_config
-
-    config = yaml.safe_load(Path(args.config).read_text())
-    jobs = plan_config(config)
-    print(format_plan(jobs, Cluster.from_config(config.get("cluster"))))
-    if not all(job.fits for job in jobs):
-        sys.exit(1)
-
-
-def upcycle(args) -> None:
-    """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
-    from cumo.model.upcycle import upcycle_directory
-
-    upcycle_directory(args.model, args.out)
-
-
-def convert(args) -> None:
-    """Convert between the released CuMo checkpoint layout and ours, a tensor at a time: the process holds one
-    shard it writes and the tensors it is making, never the model."""
-    from cumo.model.convert import convert_directory
-
-    if args.preset and args.direction != "from-released":
-        raise ValueError("--preset checks a released checkpoint: it goes with from-released")
-    convert_directory(args.src, args.out, args.direction, args.max_shard_size, args.preset)
-
-
-def report_tables(args) -> None:
-    """The main table (models x benchmarks in the paper's order; reproduced, reported, delta) as CSV, MD, LaTeX."""
-    from cumo.report.tables import write_tables
-
-    written = write_tables(args.eval, args.paper, args.models, args.benchmarks, args.out)
-    print(json.dumps(written, indent=2))
-
-
-def report_plots(args) -> None:
-    """Benchmarks vs the paper, and per model its loss curves, sft aux losses and expert-load heat maps."""
-    from cumo.report.plots import write_plots
-
-    written = write_plots(args.eval, args.models_dir, args.paper, args.model_names, args.benchmarks, args.out)
-    print(json.dumps(written, indent=2))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cumo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--debug", action="store_true", help="show the traceback of an error (or set CUMO_DEBUG=1)"
-    )
-    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
-
-    def add(name, function, **kwargs):
-        sub = steps.add_parser(name, help=function.__doc__, description=function.__doc__, **kwargs)
-        sub.set_defaults(function=function)
-        return sub
-
-    sub = add("demo", demo)
-    sub.add_argument("--out", default="results/demo", help="where the model, processor and demo.json go")
-    sub.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-
-    sub = add("download", download)
-    sub.add_argument("names", nargs="+", metavar="SOURCE", help="source names declared in the sources config")
-    sub.add_argument("--data-root", default=None, help="data tree root (default: $CuMo_DIR/data, else data)")
-    sub.add_argument("--config", default="config/sources.yaml", help="the sources declarations")
-    sub.add_argument(
-        "--lock",
-        default=None,
-        help="the pins learned on first download: Hub commits, every file's sha256 (default: kept with --config, "
-        "config/sources.lock.yaml)",
-    )
-    sub.add_argument(
-        "--update-lock",
-        action="store_true",
-        help="renew the named sources' pins on purpose, done or not: resolve their Hub revisions anew and record "
-        "every file's sha256 again (files in place are kept where they pass the declared checks)",
-    )
-
-    sub = add("synthetic", synthetic)
-    sub.add_argument("--data-root", required=True, help="where the world's data tree is written")
-    sub.add_argument("--seed", type=int, default=0, help="seed of everything generated")
-    sub.add_argument("--per-benchmark", type=int, default=40, help="questions per benchmark")
-    sub.add_argument(
-        "--sizes",
-        type=corpus_sizes,
-        help="samples per training corpus, e.g. pretrain=400,pft=200,sft=600 (default: the tiny recipe's world)",
-    )
-
-    sub = add("mixture", mixture)
-    sub.add_argument("inputs", nargs="+", type=Path, metavar="JSON", help="mixture JSON file(s), in order")
-    sub.add_argument("--data-root", required=True, type=Path, help="the data tree the image paths are under")
-    sub.add_argument("--out", required=True, type=Path, help="the Arrow file to write")
-    sub.add_argument("--stats", required=True, type=Path, help="the stats JSON to write (counts, drops)")
-    sub.add_argument(
-        "--image-folder",
-        default="",
-        help="images' folder under the data root (pretrain: llava/llava_pretrain/images)",
-    )
-    sub.add_argument(
-        "--reference", type=Path, help="published mixture whose composition the stats compare to"
-    )
-    sub.add_argument("--verify-images", action="store_true", help="also decode every image (parallel)")
-    sub.add_argument("--max-skipped-share", type=float, default=0.001, help="fail above this share of drops")
-
-    sub = add("train", train)
+def add_train_arguments(steps) -> None:
+    sub = add_step(steps, "train", train)
     sub.add_argument("--stage", required=True, choices=["pretrain", "pft", "sft"], help="which stage")
     sub.add_argument(
         "--preset", required=True, help="model preset: tiny, tiny-mixtral, cumo-mistral-7b, cumo-mixtral-8x7b"
@@ -354,7 +228,23 @@ def build_parser() -> argparse.ArgumentParser:
         "; default: the preset's Hub repo, fetched by the job itself",
     )
 
-    sub = add("plan", plan)
+
+def plan(args) -> None:
+    """The memory every training and evaluation job of a workflow config needs on its `cluster:` (per GPU, per
+    node, by term) with its verdict; exits 1 naming what to change when a job cannot fit."""
+    import yaml
+
+    from cumo.plan import Cluster, format_plan, plan_config
+
+    config = yaml.safe_load(Path(args.config).read_text())
+    jobs = plan_config(config)
+    print(format_plan(jobs, Cluster.from_config(config.get("cluster"))))
+    if not all(job.fits for job in jobs):
+        sys.exit(1)
+
+
+def add_plan_arguments(steps) -> None:
+    sub = add_step(steps, "plan", plan)
     sub.add_argument(
         "config",
         nargs="?",
@@ -362,7 +252,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="a workflow config (config/config.yaml: the paper; default: the tiny run's)",
     )
 
-    sub = add("launch", launch)
+
+def launch(args) -> None:
+    """Run `cumo train ...` distributed: ranks on this machine (torchrun), or one task per GPU on Slurm nodes
+    (srun, inside the allocation). The batch plan and the DeepSpeed config are checked before anything starts."""
+    import os
+
+    from cumo.train.batching import plan_batch
+    from cumo.train.deepspeed_config import load_deepspeed_config
+    from cumo.train.launch import local_command, srun_command
+    from cumo.train.stages import parse_overrides, stage_config
+    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    train_args = build_parser().parse_args(command)
+    if train_args.step != "train":
+        raise ValueError(f"cumo launch runs `cumo train ...`, got `cumo {' '.join(command)}`")
+    stage = stage_config(train_args.stage, train_args.preset, **parse_overrides(train_args.set))
+    world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
+    print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
+    load_deepspeed_config(DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json")
+    if args.nodes > 1:
+        argv, env = srun_command(
+            command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
+        )
+    else:
+        argv, env = local_command(command, num_processes=args.processes, device=args.device)
+    os.execvpe(argv[0], argv, {**os.environ, **env})
+
+
+def add_launch_arguments(steps) -> None:
+    sub = add_step(steps, "launch", launch)
     sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (more than 1: srun, one task per GPU)")
     sub.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (with --nodes > 1)")
     sub.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (with --nodes > 1)")
@@ -372,9 +292,49 @@ def build_parser() -> argparse.ArgumentParser:
         "command", nargs=argparse.REMAINDER, help="-- train --stage ... (the cumo train command)"
     )
 
-    from cumo.eval.judge import ATTEMPTS, BACKOFF_S, MAX_GAVE_UP_SHARE, TIMEOUT_S
 
-    sub = add("eval", evaluate)
+def evaluate(args) -> None:
+    """Evaluate a model on one benchmark: greedy answers (batched, sharded, resumable), the benchmark's own
+    scoring, OUT/predictions.jsonl and OUT/metrics.json (+ OUT/submission/ where a server scores)."""
+    from cumo.eval.evaluate import EvalConfig, evaluate, run_shard
+
+    # The parser leaves the judge's settings None, not importing the judge for their defaults (its openai
+    # client takes about a second to load, on every `cumo` command): those not given take EvalConfig's.
+    judge_settings = {
+        "judge_timeout_s": args.judge_timeout,
+        "judge_attempts": args.judge_attempts,
+        "judge_backoff_s": args.judge_backoff,
+        "judge_max_gave_up_share": args.judge_max_gave_up,
+    }
+    config = EvalConfig(
+        benchmark=args.benchmark,
+        model=str(args.model),
+        data_root=str(args.data_root),
+        split=args.split,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        shards=args.shards,
+        gpus_per_shard=args.gpus_per_shard,
+        device=args.device,
+        dtype=args.dtype or ("bfloat16" if args.device == "cuda" else "float32"),
+        blank_images=args.blank_images,
+        judge_model=args.judge_model,
+        judge_base_url=args.judge_base_url,
+        judge_runs=args.judge_runs,
+        judge_serve=args.judge_serve,
+        **{name: value for name, value in judge_settings.items() if value is not None},
+    )
+    if args.shard is not None:  # one shard's process, started by the run with --shards (or by hand)
+        print(json.dumps(run_shard(config, args.out, args.shard, args.model_digest)))
+        return
+    metrics = evaluate(config, args.out)
+    print(
+        f"{metrics['title']} ({metrics['split']}): {metrics['headline']['metric']} = {metrics['headline']['value']}"
+    )
+
+
+def add_evaluate_arguments(steps) -> None:
+    sub = add_step(steps, "eval", evaluate)
     sub.add_argument("benchmark", metavar="BENCH", help="one of: " + ", ".join(BENCHMARK_NAMES))
     sub.add_argument("--model", required=True, type=existing_directory, help="model directory to evaluate")
     sub.add_argument("--data-root", required=True, type=Path, help="data tree with eval/<benchmark folder>")
@@ -408,22 +368,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--judge-model", help="judge of MM-Vet, LLaVA-Wild, MathVista (paper: gpt-4-0613)")
     sub.add_argument("--judge-base-url", help="OpenAI-compatible server of the judge (default: OpenAI's)")
     sub.add_argument("--judge-runs", type=int, default=1, help="judge runs averaged (the paper: 3)")
-    sub.add_argument(
-        "--judge-timeout", type=float, default=TIMEOUT_S, help="seconds one judge request may take"
-    )
-    sub.add_argument(
-        "--judge-attempts", type=int, default=ATTEMPTS, help="tries of a judge call before the run fails"
-    )
+    sub.add_argument("--judge-timeout", type=float, help="seconds one judge request may take")
+    sub.add_argument("--judge-attempts", type=int, help="tries of a judge call before the run fails")
     sub.add_argument(
         "--judge-backoff",
         type=float,
-        default=BACKOFF_S,
         help="seconds before the second try, doubled at each (a server's Retry-After comes first)",
     )
     sub.add_argument(
         "--judge-max-gave-up",
         type=float,
-        default=MAX_GAVE_UP_SHARE,
         help="share of questions the benchmark's rules may give up on (no grade, no extraction) before it fails",
     )
     sub.add_argument(
@@ -432,10 +386,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="rules: judge with the tiny preset's rule judge, served in this process (offline; not the paper's)",
     )
 
-    sub = add("judge-server", judge_server)
+
+def judge_server(args) -> None:
+    """Serve the tiny preset's rule judge (MM-Vet, LLaVA-Bench, MathVista prompts; not GPT) as an
+    OpenAI-compatible /v1/chat/completions on 127.0.0.1:PORT until interrupted."""
+    from cumo.eval import rule_judge
+    from cumo.eval.judge_server import JudgeServer
+
+    server = JudgeServer(rule_judge.reply, port=args.port)
+    print(
+        f"{rule_judge.MODEL} at {server.base_url} (e.g. --judge-model {rule_judge.MODEL} --judge-base-url "
+        f"{server.base_url}; any OPENAI_API_KEY)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+def add_judge_server_arguments(steps) -> None:
+    sub = add_step(steps, "judge-server", judge_server)
     sub.add_argument("--port", type=int, default=0, help="port (default 0: any free one, printed)")
 
-    sub = add("upcycle", upcycle)
+
+def upcycle(args) -> None:
+    """Co-upcycle a dense CuMo model directory (after pft) into the MoE model sft starts from."""
+    from cumo.model.upcycle import upcycle_directory
+
+    upcycle_directory(args.model, args.out)
+
+
+def add_upcycle_arguments(steps) -> None:
+    sub = add_step(steps, "upcycle", upcycle)
     sub.add_argument(
         "--model",
         required=True,
@@ -444,28 +427,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--out", required=True, help="directory for the upcycled MoE model")
 
-    from cumo.eval.benchmarks import NAMES
 
-    report = steps.add_parser("report", help="tables and plots of a run's results", description=__doc__)
-    kinds = report.add_subparsers(dest="kind", required=True, metavar="KIND")
-    for name, function in (("tables", report_tables), ("plots", report_plots)):
-        sub = kinds.add_parser(name, help=function.__doc__, description=function.__doc__)
-        sub.set_defaults(function=function)
+def report_tables(args) -> None:
+    """The main table (models x benchmarks in the paper's order; reproduced, reported, delta) as CSV, MD, LaTeX."""
+    from cumo.report.tables import write_tables
+
+    written = write_tables(args.eval, args.paper, args.models, args.benchmarks, args.out)
+    print(json.dumps(written, indent=2))
+
+
+def report_plots(args) -> None:
+    """Benchmarks vs the paper, and per model its loss curves, sft aux losses and expert-load heat maps."""
+    from cumo.report.plots import write_plots
+
+    written = write_plots(args.eval, args.models_dir, args.paper, args.model_names, args.benchmarks, args.out)
+    print(json.dumps(written, indent=2))
+
+
+def add_report_arguments(steps) -> None:
+    about = "tables and plots of a run's results"
+    kinds = steps.add_parser("report", help=about, description=about).add_subparsers(
+        dest="kind", required=True, metavar="KIND"
+    )
+    tables, plots = add_step(kinds, "tables", report_tables), add_step(kinds, "plots", report_plots)
+    for sub in (tables, plots):
         sub.add_argument(
             "--eval", required=True, type=Path, help="results/<run>/eval (<model>/<bench>/metrics.json)"
         )
         sub.add_argument(
             "--paper", default="config/paper_results.yaml", type=Path, help="the paper's numbers"
         )
-        sub.add_argument("--benchmarks", nargs="+", default=list(NAMES), help="columns (default: all 13)")
+        sub.add_argument(
+            "--benchmarks", nargs="+", default=list(BENCHMARK_NAMES), help="columns (default: all 13)"
+        )
         sub.add_argument("--out", required=True, type=Path, help="directory the files are written to")
-    kinds.choices["tables"].add_argument("--models", nargs="+", required=True, help="rows, in order")
-    kinds.choices["plots"].add_argument("--model-names", nargs="+", required=True, help="models, in order")
-    kinds.choices["plots"].add_argument(
+    tables.add_argument("--models", nargs="+", required=True, help="rows, in order")
+    plots.add_argument("--model-names", nargs="+", required=True, help="models, in order")
+    plots.add_argument(
         "--models-dir", required=True, type=Path, help="results/<run>/models (<model>/<stage>/metrics.jsonl)"
     )
 
-    sub = add("convert", convert)
+
+def convert(args) -> None:
+    """Convert between the released CuMo checkpoint layout and ours, a tensor at a time: the process holds one
+    shard it writes and the tensors it is making, never the model."""
+    from cumo.model.convert import convert_directory
+
+    if args.preset and args.direction != "from-released":
+        raise ValueError("--preset checks a released checkpoint: it goes with from-released")
+    convert_directory(args.src, args.out, args.direction, args.max_shard_size, args.preset)
+
+
+def add_convert_arguments(steps) -> None:
+    sub = add_step(steps, "convert", convert)
     sub.add_argument("direction", choices=["from-released", "to-released"], help="which way to convert")
     sub.add_argument("src", type=existing_directory, help="source model directory")
     sub.add_argument("out", help="destination directory")
@@ -479,6 +493,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         help="from-released: refuse a checkpoint whose architecture is not this preset's (cumo/model/presets.py)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cumo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (or set CUMO_DEBUG=1)"
+    )
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for add_arguments in (
+        add_demo_arguments,
+        add_download_arguments,
+        add_synthetic_arguments,
+        add_mixture_arguments,
+        add_train_arguments,
+        add_plan_arguments,
+        add_launch_arguments,
+        add_evaluate_arguments,
+        add_judge_server_arguments,
+        add_upcycle_arguments,
+        add_report_arguments,
+        add_convert_arguments,
+    ):
+        add_arguments(steps)
     return parser
 
 

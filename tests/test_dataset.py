@@ -18,7 +18,13 @@ from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from cumo.data.conversation import expand_image_placeholders, render, render_segments, turns_from_llava
+from cumo.data.conversation import (
+    IGNORE_INDEX,
+    expand_image_placeholders,
+    render,
+    render_segments,
+    turns_from_llava,
+)
 from cumo.data.dataset import (
     Collator,
     LabelsMisaligned,
@@ -28,7 +34,6 @@ from cumo.data.dataset import (
 )
 from cumo.data.skips import TooManySkipped
 from cumo.data.synthetic import build_tokenizer, render_shape
-from cumo.model.modeling_cumo import IGNORE_INDEX
 from cumo.model.presets import build_config
 from cumo.model.processing_cumo import CumoProcessor
 from tests.factories import make_model

@@ -1,6 +1,6 @@
 """The evaluation sources of config/sources.yaml (eval_*): one per benchmark, filling the folder its
 declaration reads; together they produce every file of LLaVA-1.5's evaluation layout that the synthetic
-benchmarks write (cumo/data/synthetic_benchmarks.py, written independently from the upstream scripts); and
+benchmarks write (cumo/data/synthetic_benchmarks/, written independently from the upstream scripts); and
 the shipped declarations, with their addresses pointed at servers on 127.0.0.1 (tests/servers.py) serving
 files shaped as upstream publishes them, rebuild that layout byte for byte: a Hub dataset (MMMU), release
 archives (MM-Vet, GQA, with LLaVA's eval.zip before them) and a registration-only benchmark (MME)."""

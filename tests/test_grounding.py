@@ -19,6 +19,7 @@ import pytest
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from cumo.data.conversation import IGNORE_INDEX
 from cumo.data.dataset import Collator, SupervisedDataset
 from cumo.data.synthetic import (
     COLORS,
@@ -30,7 +31,7 @@ from cumo.data.synthetic import (
     render_scene,
     write_world,
 )
-from cumo.model.modeling_cumo import IGNORE_INDEX, CumoForConditionalGeneration
+from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.model.presets import build_config
 from cumo.model.processing_cumo import CumoProcessor
 from cumo.train.stages import TINY_RECIPE, freeze_untrained, parameter_groups

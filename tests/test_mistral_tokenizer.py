@@ -35,12 +35,12 @@ import pytest
 from PIL import Image
 
 from cumo.bench.memory import write_towers
+from cumo.data.conversation import IGNORE_INDEX
 from cumo.data.dataset import SkipSample, SupervisedDataset
 from cumo.data.synthetic_benchmarks import write_benchmarks
 from cumo.eval.benchmarks import NAMES, get
 from cumo.eval.generate import load_model, prompt_of
 from cumo.model.convert import convert_directory
-from cumo.model.modeling_cumo import IGNORE_INDEX
 from cumo.model.presets import TINY_TEXT, TINY_VISION
 from cumo.model.processing_cumo import CumoProcessor, save_tokenizer
 from cumo.model.weights import WHOLE

@@ -10,10 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from cumo.data.conversation import render
+from cumo.data.conversation import IGNORE_INDEX, render
 from cumo.data.synthetic import build_tokenizer, render_shape
 from cumo.model.configuration_cumo import ConfigError
-from cumo.model.modeling_cumo import IGNORE_INDEX
 from cumo.model.presets import build_config
 from cumo.model.processing_cumo import CumoProcessor
 from cumo.model.upcycle import upcycle

@@ -71,7 +71,8 @@ def activated_parameters(model) -> tuple[int, int]:
 def time_train_steps(config, batch_sizes, text_tokens, repeats, dtype, device) -> tuple[dict, dict]:
     """Per batch size: milliseconds of one optimiser step, and the step's FLOPs (6 per activated parameter
     and token, forward + backward: Kaplan et al. 2020, section 2.1)."""
-    from cumo.model.modeling_cumo import IGNORE_INDEX, CumoForConditionalGeneration
+    from cumo.data.conversation import IGNORE_INDEX
+    from cumo.model.modeling_cumo import CumoForConditionalGeneration
 
     torch.manual_seed(0)
     model = CumoForConditionalGeneration(config).to(device, DTYPES[dtype]).train()

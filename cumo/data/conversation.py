@@ -22,6 +22,10 @@ tokeniser can mask everything else in the labels from the same pieces the prompt
 from dataclasses import dataclass
 
 IMAGE_PLACEHOLDER = "<image>"
+# The label of every token that is not a target (prompt, image, padding): what torch's cross_entropy ignores by
+# default (ignore_index=-100), as LLaVA's llava/constants.py. The dataset masks with it and the model's loss
+# skips it, so it lives here, where both read it.
+IGNORE_INDEX = -100
 SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

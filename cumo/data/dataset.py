@@ -14,30 +14,43 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import datasets
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from transformers import PreTrainedTokenizerBase
 
 from cumo.data.conversation import (
+    IGNORE_INDEX,
     expand_image_placeholders,
     render_segments,
     separator_in,
     turns_from_llava,
 )
 from cumo.data.skips import SkipCounter, TooManySkipped
-from cumo.model.modeling_cumo import IGNORE_INDEX
-from cumo.model.processing_cumo import CumoProcessor
 
 logger = logging.getLogger(__name__)
+
+
+class Processor(Protocol):
+    """What the dataset needs of a processor; the model's `CumoProcessor` is one. Named here rather than
+    imported so that the data package does not depend on the model's."""
+
+    tokenizer: PreTrainedTokenizerBase
+    image_token: str
+    num_image_tokens: int
+
+    def preprocess_images(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL images -> (B, 3, S, S) float32 pixel values."""
 
 
 class LabelsMisaligned(ValueError):
     """A token of the rendering spans both prompt and answer text, so it has no well-defined label."""
 
 
-def tokenise(segments: list[tuple[str, bool]], processor: CumoProcessor) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenise(segments: list[tuple[str, bool]], processor: Processor) -> tuple[torch.Tensor, torch.Tensor]:
     """(text, is_target) segments -> `input_ids` (T,) and `labels` (T,): the answer tokens, -100 elsewhere.
 
     The rendering is tokenised as one string, exactly as `CumoProcessor` tokenises a prompt at evaluation,
@@ -110,7 +123,7 @@ class SupervisedDataset(Dataset):
     def __init__(
         self,
         entries: Sequence[dict],
-        processor: CumoProcessor,
+        processor: Processor,
         template: str,
         image_root: str | Path,
         max_length: int,

@@ -2,7 +2,7 @@
 review, MathVista's answer extraction) as the paper's GPT judges are asked to, for the shapes world.
 
 It is NOT GPT-4 or GPT-3.5. The shapes world's answers are single words, short phrases and numbers
-(cumo/data/synthetic_benchmarks.py), where "is the reference answer in the prediction" is a question rules
+(cumo/data/synthetic_benchmarks/), where "is the reference answer in the prediction" is a question rules
 answer exactly, so the tiny DAG can score every benchmark offline. Numbers judged by it measure agreement with
 the world's ground truth and are not comparable with the paper's, whose judges read free text; metrics.json
 names the judge (`cumo-rules`), and the report's table says so under each column it judged.

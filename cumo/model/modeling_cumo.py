@@ -24,12 +24,11 @@ from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 from transformers.utils import ModelOutput
 
+from cumo.data.conversation import IGNORE_INDEX
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.model.moe import SparseMoeBlock, StackedExperts
 from cumo.model.projector import build_projector
 from cumo.model.vision import CumoVisionTower, VisionAux
-
-IGNORE_INDEX = -100
 
 
 @dataclass
