@@ -39,9 +39,15 @@ $(MISTRAL_TOKENIZER): tests/mistral/fetch.py | $(STAMP)
 slurm:
 	tests/slurm/install.sh
 
+# The workflow too: formatted as snakefmt writes it, and nothing from `snakemake --lint` on any shipped config
+# (tests/test_workflow.py checks the same).
 lint: $(STAMP)
 	$(BIN)/ruff check cumo tests
 	$(BIN)/ruff format --check cumo tests
+	$(BIN)/snakefmt --check workflow
+	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile config/config.yaml --replace-workflow-config
+	$(BIN)/snakemake --lint --configfile config/released.yaml --replace-workflow-config
 
 bench: $(STAMP)
 	$(BIN)/python -m cumo.bench moe

@@ -402,6 +402,24 @@ def output_dir(wildcards, output):
     return os.path.dirname(output[0])
 
 
+# Folders a step reads or writes beyond its declared files are derived from those files, not written out:
+# `snakemake --lint` flags a hard-coded prefix of a job's paths, which would not follow them where a storage
+# plugin maps the paths elsewhere.
+def marker_data_root(wildcards, output):
+    """The data root of a download, whose marker is <data_root>/<folder>/.<source>.done (folders nest)."""
+    return str(Path(output[0]).parents[len(Path(wildcards.folder).parts)])
+
+
+def run_folder(name):
+    """A param: the run's folder `name` (eval, models), beside the folder of the step's first output
+    (<run>/tables/main.csv, <run>/plots/benchmarks.png)."""
+
+    def folder(wildcards, output):
+        return os.path.join(os.path.dirname(os.path.dirname(output[0])), name)
+
+    return folder
+
+
 # Released checkpoints: a source of config/sources.yaml (downloaded by the download rule into its folder) or a
 # local directory. A source needs its preset: the memory plan of its evaluation is made before the download.
 MODEL_SOURCES = [

@@ -16,7 +16,7 @@ rule download:
     conda:
         "../../envs/data.yaml"
     params:
-        data_root=DATA,
+        data_root=marker_data_root,
         lock=SOURCES_LOCK,
     shell:
         "cumo download {wildcards.source} --data-root {params.data_root} --lock {params.lock} > {log} 2>&1"
@@ -24,8 +24,9 @@ rule download:
 
 rule synthetic:
     output:
-        jsons=expand(f"{DATA}/jsons/synthetic_{{stage}}.json", stage=STAGES),
+        # First: the data root is its folder (params.data_root).
         benchmarks=directory(f"{DATA}/eval"),
+        jsons=expand(f"{DATA}/jsons/synthetic_{{stage}}.json", stage=STAGES),
     log:
         f"{RUN}/logs/synthetic.log",
     benchmark:
@@ -33,7 +34,7 @@ rule synthetic:
     conda:
         "../../envs/data.yaml"
     params:
-        data_root=DATA,
+        data_root=output_dir,
         world=synthetic_flags,
     shell:
         "cumo synthetic --data-root {params.data_root} {params.world} > {log} 2>&1"

@@ -16,7 +16,7 @@ rule tables:
     conda:
         "../../envs/report.yaml"
     params:
-        eval_dir=f"{RUN}/eval",
+        eval_dir=run_folder("eval"),
         out=output_dir,
         models=MODELS,
         benchmarks=config["benchmarks"],
@@ -66,8 +66,8 @@ rule plots:
     conda:
         "../../envs/report.yaml"
     params:
-        eval_dir=f"{RUN}/eval",
-        models_dir=f"{RUN}/models",
+        eval_dir=run_folder("eval"),
+        models_dir=run_folder("models"),
         out=output_dir,
         models=MODELS,
         benchmarks=config["benchmarks"],
