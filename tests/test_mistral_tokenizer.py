@@ -16,7 +16,7 @@ text between special tokens, its dummy prefix "▁" in front of each).
 
 Named differences, asserted as such:
 - CuMo's double start token: its LLAMA_2 prompt begins with the text "<s>" and the tokenizer adds a BOS in
-  front, so CuMo trains and evaluates on [1, 1, ...]; ours has one (README, "Training").
+  front, so CuMo trains and evaluates on [1, 1, ...]; ours has one (cumo/data/README.md).
 - CuMo's "tokenization mismatch" samples: a message holding "</s>" or "[/INST]" splits CuMo's rounds where
   the conversation has none, its label count misses, and CuMo sets every label to -100 ("WARNING:
   tokenization mismatch ... (ignored)"): the sample trains nothing. Ours counts it as a skipped sample,

@@ -324,7 +324,7 @@ def ask_exists(rng: random.Random, scene: Scene) -> Question:
 QUESTION_KINDS = (ask_color, ask_shape, ask_position, ask_count, ask_word, ask_exists)
 # Existence (POPE's question) is the kind the tiny model learns last: it must match a named thing against every
 # cell, not read one. Drawn 5 times in the 10 kinds a conversation picks from, it is about half of sft's
-# questions (README, Training: at 1 of 6 the tiny run's POPE answers were all "no").
+# questions (cumo/train/README.md, "The tiny recipe": at 1 of 6 the tiny run's POPE answers were all "no").
 EXISTENCE_DRAWS = 5
 SFT_KINDS = QUESTION_KINDS + (ask_exists,) * (EXISTENCE_DRAWS - 1)
 # Up to 10 questions about one image in one conversation, as LLaVA-1.5 merges an image's VQA questions into one.

@@ -197,7 +197,7 @@ MIXTRAL_RECIPE = {
 # - sft learns at 1e-3 for 3 epochs. At 3e-3 the tiny model cannot learn whether a named thing is in the image
 #   (POPE's question; measured from the trained pft model, loss on the answer only: chance for 400 steps at
 #   3e-3, 82% at 1e-3 against 48% with blank images), and the skill takes steps: 1, 2 and 3 epochs at 1e-3
-#   gave a held-out existence AUC of 0.50, 0.66 and 0.77 (README, Training). 4 epochs did not beat 3.
+#   gave a held-out existence AUC of 0.50, 0.66 and 0.77 (cumo/train/README.md, "The tiny recipe"). 4 epochs did not beat 3.
 # - sft runs ZeRO-2, pft ZeRO-3 (no offload: no accelerator memory to relieve). For a model this small
 #   DeepSpeed's ZeRO-3 partitioning is most of a step: 0.56 s against ZeRO-2's 0.25 s on 2 CPU ranks, which
 #   pays for sft's third epoch. tests/test_trainer.py still runs the MoE sft step under ZeRO-3.

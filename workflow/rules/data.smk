@@ -41,7 +41,7 @@ rule synthetic:
 
 
 # Every image is decoded once, in parallel, and one that fails is a counted drop (issue 17): otherwise a
-# corrupt one is found by training, mid-run (README "Data" gives the cost).
+# corrupt one is found by training, mid-run (cumo/data/README.md gives the cost).
 rule mixture:
     input:
         mixture_inputs,

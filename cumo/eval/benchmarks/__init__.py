@@ -1,7 +1,7 @@
 """The 13 benchmarks of the paper, one module each, in the order of its Table 1.
 
 `get(name)` imports `cumo.eval.benchmarks.<name>` and returns its `BENCHMARK`; nothing else here knows what
-a benchmark contains, so adding one is a module and a line in `NAMES` (README, "Adding a benchmark").
+a benchmark contains, so adding one is a module and a line in `NAMES` (cumo/eval/README.md, "Adding a benchmark").
 """
 
 import importlib
