@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MISTRAL_TOKENIZER := $(VENV)/fixtures/mistral-tokenizer.model.v1
 
-.PHONY: install demo quick-demo test slurm lint bench clean
+.PHONY: install demo quick-demo test slurm slurm-profile lint bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ test: $(STAMP) $(MISTRAL_TOKENIZER) slurm
 # Mistral-7B's tokenizer for tests/test_mistral_tokenizer.py, out of PyPI's mistral-common wheel (digest checked).
 $(MISTRAL_TOKENIZER): tests/mistral/fetch.py | $(STAMP)
 	$(BIN)/python tests/mistral/fetch.py $@
+
+# profiles/slurm as the user's Snakemake profile `slurm`, for `snakemake --profile slurm all` (README); the
+# account and partition only where given. Run again after profiles/slurm changed.
+slurm-profile: | $(STAMP)
+	$(BIN)/python profiles/install_slurm.py --account "$(SLURM_ACCOUNT)" --partition "$(SLURM_PARTITION)"
 
 # Debian's Slurm and MUNGE: tests/test_slurm.py starts a real one-node cluster with them.
 slurm:
