@@ -47,8 +47,8 @@ slurm:
 # The workflow too: formatted as snakefmt writes it, and nothing from `snakemake --lint` on any shipped config
 # (tests/test_workflow.py checks the same).
 lint: $(STAMP)
-	$(BIN)/ruff check cumo tests
-	$(BIN)/ruff format --check cumo tests
+	$(BIN)/ruff check cumo tests profiles
+	$(BIN)/ruff format --check cumo tests profiles
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake --lint --configfile config/config.yaml --replace-workflow-config
