@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MISTRAL_TOKENIZER := $(VENV)/fixtures/mistral-tokenizer.model.v1
 
-.PHONY: install demo quick-demo test slurm lint bench clean
+.PHONY: install demo quick-demo test slurm slurm-profile lint bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ test: $(STAMP) $(MISTRAL_TOKENIZER) slurm
 $(MISTRAL_TOKENIZER): tests/mistral/fetch.py | $(STAMP)
 	$(BIN)/python tests/mistral/fetch.py $@
 
+# profiles/slurm as the user's Snakemake profile `slurm`, for `snakemake --profile slurm all` (README); the
+# account and partition only where given. Run again after profiles/slurm changed.
+slurm-profile: | $(STAMP)
+	$(BIN)/python profiles/install_slurm.py --account "$(SLURM_ACCOUNT)" --partition "$(SLURM_PARTITION)"
+
 # Debian's Slurm and MUNGE: tests/test_slurm.py starts a real one-node cluster with them.
 slurm:
 	tests/slurm/install.sh
@@ -42,8 +47,8 @@ slurm:
 # The workflow too: formatted as snakefmt writes it, and nothing from `snakemake --lint` on any shipped config
 # (tests/test_workflow.py checks the same).
 lint: $(STAMP)
-	$(BIN)/ruff check cumo tests
-	$(BIN)/ruff format --check cumo tests
+	$(BIN)/ruff check cumo tests profiles
+	$(BIN)/ruff format --check cumo tests profiles
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 	$(BIN)/snakemake --lint --configfile config/config.yaml --replace-workflow-config

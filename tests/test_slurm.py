@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
+from tests.test_slurm_profile import installed as installed_profile
+from tests.test_slurm_profile import make_slurm_profile, user_env
 from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
     SMALL_WORLD,
     resumed_pretrain,
@@ -112,25 +114,23 @@ def test_cli_retries_resubmit_rule_retries_do_not(slurm_cluster, tmp_path):  # n
     assert job_limits(slurm_cluster, job) == ("COMPLETED", "10:00", "100M")  # attempt 1's limits throughout
 
 
-def slurm_profile(repository: Path) -> Path:
-    """profiles/slurm for this one-node cluster: the same retries and rerun settings, without conda
-    (no network in the tests: the rules run in this venv) and with short waits; the workflow profile's
-    memory and CPUs scaled to the node (the paper's 400 GB training and 32-core evaluation jobs would never
-    be scheduled), its runtimes, their growth with the attempt and the training jobs' --signal kept."""
-    profile = yaml.safe_load((repository / "profiles" / "slurm" / "config.yaml").read_text())
-    for key in ("software-deployment-method", "configfile", "replace-workflow-config"):
-        profile.pop(key)  # the tiny run is the embedded default
-    profile |= {
-        "jobs": 4,
-        "latency-wait": 5,
-        "slurm-init-seconds-before-status-checks": 1,
-        "slurm-no-account": True,
-        # No accounting on this cluster, hence no sacct: states from squeue (profiles/slurm says so).
-        "slurm-status-command": "squeue",
-    }
-    path = repository / "profiles" / "slurm-test" / "config.yaml"
-    path.parent.mkdir()
-    path.write_text(yaml.safe_dump(profile))
+# profiles/slurm's settings this one-node cluster cannot use, overridden on the command line as a user would.
+ON_THIS_CLUSTER = [
+    *("--configfile", "config/tiny.yaml"),  # the tiny run, not the paper's
+    # No conda (no network in the tests): the rules run in this venv. No rule names an env module, so env
+    # modules deploy nothing; the option takes no "none".
+    *("--software-deployment-method", "env-modules"),
+    *("--jobs", "4", "--latency-wait", "5", "--slurm-init-seconds-before-status-checks", "1"),
+    "--slurm-no-account",
+    # No accounting on this cluster, hence no sacct: states from squeue (profiles/slurm says so).
+    *("--slurm-status-command", "squeue"),
+]
+
+
+def scale_to_the_node(repository: Path) -> None:
+    """The workflow profile's memory and CPUs scaled to the node (the paper's 400 GB training and 32-core
+    evaluation jobs would never be scheduled); its runtimes, their growth with the attempt and the training
+    jobs' --signal kept."""
     workflow_profile = repository / "profiles" / "default" / "config.yaml"
     resources = yaml.safe_load(workflow_profile.read_text())
     for rule in resources["set-resources"].values():
@@ -138,7 +138,6 @@ def slurm_profile(repository: Path) -> Path:
         if "cpus_per_task" in rule:
             rule["cpus_per_task"] = 1
     workflow_profile.write_text(yaml.safe_dump(resources))
-    return path.parent
 
 
 def running_jobs(cluster, rule: str) -> list[int]:
@@ -154,8 +153,9 @@ def submissions(log: str, rule: str) -> list[int]:
 
 @pytest.mark.slow
 def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_cluster, tmp_path, started):  # noqa: F811
-    """The whole tiny DAG through profiles/slurm, next to a clean local run of the same config (issue 6), whose
-    `snakemake --report` holds the table and the plots with their captions.
+    """The whole tiny DAG through `snakemake --profile slurm`, the profile `make slurm-profile` installed in
+    the user's home, next to a clean local run of the same config (issue 6), whose `snakemake --report` holds
+    the table and the plots with their captions.
 
     Two failures on the way: the pretrain job gets SIGTERM mid-stage (as Slurm sends it before a time limit,
     --signal=TERM@300), saves and exits; an evaluation job is killed outright as it starts (a lost node).
@@ -165,9 +165,13 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     local_run = snakemake(local, dict(os.environ), "--profile", "profiles/local")
     started.append(local_run)
     cluster = tiny_repository(tmp_path / "slurm")
-    profile = slurm_profile(cluster)
-    assert yaml.safe_load((profile / "config.yaml").read_text())["retries"] >= 1
-    run = snakemake(cluster, slurm_cluster.env, "--profile", str(profile))
+    scale_to_the_node(cluster)
+    home = tmp_path / "home"
+    installed = make_slurm_profile(home)
+    assert installed.returncode == 0, installed.stderr
+    assert yaml.safe_load(installed_profile(home).read_text())["retries"] >= 1
+    user = user_env(slurm_cluster.env, home)
+    run = snakemake(cluster, user, "--profile", "slurm", *ON_THIS_CLUSTER)
     started.append(run)
 
     wait_for_pretrain_steps(cluster, run)
@@ -216,7 +220,7 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
             theirs["n"],
         )
 
-    again = snakemake(cluster, slurm_cluster.env, "--profile", str(profile), "--dry-run")
+    again = snakemake(cluster, user, "--profile", "slurm", *ON_THIS_CLUSTER, "--dry-run")
     again_log, _ = again.communicate(timeout=120)
     assert again.returncode == 0 and "Nothing to be done" in again_log, again_log
 
