@@ -2,7 +2,7 @@
 profiles, and that each rule's conda env holds every package its `cumo <step>` imports.
 
 The DAGs are read from `snakemake --dry-run` (the job list it prints); what they should contain is derived
-here from the config files and config/sources.yaml, not from the workflow's own functions.
+here from the config files and cumo/data/sources.yaml, not from the workflow's own functions.
 """
 
 import argparse
@@ -79,7 +79,7 @@ def load(path) -> dict:
 
 
 def source_closure(names, sources) -> set[str]:
-    """The sources `names` need, with everything they require (config/sources.yaml `requires`)."""
+    """The sources `names` need, with everything they require (cumo/data/sources.yaml `requires`)."""
     needed, todo = set(), list(names)
     while todo:
         name = todo.pop()
@@ -133,7 +133,7 @@ def test_paper_targets_one_metrics_per_model_and_benchmark():
         f"results/paper/models/{model}/{stage}" for model in config["models"] for stage in TRAINING_STAGES
     }
     # Every source of the three mixtures and of the 13 benchmarks, each downloaded by its own job.
-    sources = load("config/sources.yaml")
+    sources = load("cumo/data/sources.yaml")
     wanted = [name for mixture in config["mixtures"].values() for name in mixture["sources"]]
     wanted += [f"eval_{bench}" for bench in NAMES]
     wanted += ["clip_vit_large_patch14_336", "mistral_7b_instruct_v0_2", "mixtral_8x7b_instruct_v0_1"]
@@ -244,7 +244,7 @@ def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
 def test_one_benchmark_schedules_only_its_ancestors():
     target = "results/paper/eval/cumo-mistral-7b/textvqa/metrics.json"
     jobs = dry_run(*PAPER, target)
-    config, sources = load("config/config.yaml"), load("config/sources.yaml")
+    config, sources = load("config/config.yaml"), load("cumo/data/sources.yaml")
     wanted = [name for mixture in config["mixtures"].values() for name in mixture["sources"]]
     wanted += ["eval_textvqa", "clip_vit_large_patch14_336", "mistral_7b_instruct_v0_2"]  # not Mixtral's
     assert outputs(jobs, "evaluate") == {target}
@@ -342,7 +342,7 @@ def test_paper_pretrain_starts_from_downloaded_base_models(model):
         "--dry-run", "--forceall", "--printshellcmds", *PAPER, f"results/paper/models/{model}/pft"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    sources = load("config/sources.yaml")
+    sources = load("cumo/data/sources.yaml")
     (pretrain,) = re.findall(r"Shell command: cumo launch .* --stage pretrain .*", result.stdout)
     (pft,) = re.findall(r"Shell command: cumo launch .* --stage pft .*", result.stdout)
     parts = dict(re.findall(r"--(clip|llm) data/(\S+)", pretrain))
@@ -354,7 +354,7 @@ def test_paper_pretrain_starts_from_downloaded_base_models(model):
         repos[part] = repo["repo"]
         assert f"data/{folder}/.{name}.done" in result.stdout  # an input: downloaded before the job starts
         # Pinned by the lock kept with the declarations, which the job writes to on a first download.
-        assert f"cumo download {name} --data-root data --lock config/sources.lock.yaml" in result.stdout
+        assert f"cumo download {name} --data-root data >" in result.stdout
     assert repos == {"clip": CLIP_SOURCE, "llm": LLM_SOURCES[model]}
 
 
@@ -375,7 +375,7 @@ def shell_commands(*args) -> list[str]:
 
 
 def test_the_released_checkpoints_are_downloaded_converted_and_evaluated_on_every_benchmark():
-    config, sources = load("config/released.yaml"), load("config/sources.yaml")
+    config, sources = load("config/released.yaml"), load("cumo/data/sources.yaml")
     jobs = dry_run(*RELEASED)
     assert {job["rule"] for job in jobs} == {
         "download",
@@ -390,7 +390,9 @@ def test_the_released_checkpoints_are_downloaded_converted_and_evaluated_on_ever
     }
     # Named as the paper's rows, so that the table puts the reported numbers next to them.
     assert (
-        config["models"].keys() == RELEASED_REPOS.keys() == load("config/paper_results.yaml")["models"].keys()
+        config["models"].keys()
+        == RELEASED_REPOS.keys()
+        == load("cumo/report/paper_results.yaml")["models"].keys()
     )
     wanted = [f"eval_{bench}" for bench in NAMES] + [entry["released"] for entry in config["models"].values()]
     assert {job["wildcards"]["source"] for job in jobs if job["rule"] == "download"} == source_closure(
@@ -460,7 +462,7 @@ def test_a_released_directory_is_converted_and_evaluated_planned_from_its_config
         ),
         (
             {"released": "cumo_mistral_7", "preset": "cumo-mistral-7b"},
-            "config models.m.released: 'cumo_mistral_7' is neither a source of config/sources.yaml (its model "
+            "config models.m.released: 'cumo_mistral_7' is neither a source of cumo/data/sources.yaml (its model "
             "repos: clip_vit_large_patch14_336, mistral_7b_instruct_v0_2, mixtral_8x7b_instruct_v0_1, "
             "cumo_mistral_7b, cumo_mixtral_8x7b) nor a directory here; a directory is written ./cumo_mistral_7",
         ),

@@ -12,7 +12,9 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+from cumo.data.download import SOURCES as SOURCES_FILE
 from cumo.plan import Cluster, PlanError, PlanRefused, check_config, slurm_mem_mb
+from cumo.report.tables import PAPER_RESULTS
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -41,12 +43,11 @@ PAPER_JUDGES = {
     "mathvista": "gpt-3.5-turbo",
 }
 JUDGED = tuple(PAPER_JUDGES)
-# Sources declared for `cumo download` (its default --config): a source's marker path and what it requires.
-SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
-# The pins each download job checks, or learns on a source's first download (cumo/data/lockfile.py), committed
-# with the declarations. No output: every job writes it (they merge their entries under a file lock), and
-# Snakemake would delete it before each one. No input either: renewing a pin re-downloads nothing done.
-SOURCES_LOCK = "config/sources.lock.yaml"
+# The sources `cumo download` knows (package data, cumo/data/sources.yaml): a source's marker path and what it
+# requires. Their lock (cumo/data/sources.lock.yaml, the pins each download job checks or learns) is no output:
+# every job writes it (they merge their entries under a file lock), and Snakemake would delete it before each
+# one. No input either: renewing a pin re-downloads nothing done.
+SOURCES = yaml.safe_load(SOURCES_FILE.read_text())
 
 MODELS = list(config["models"])
 TRAINED = [
@@ -91,7 +92,7 @@ def source_marker(name):
     """`cumo download`'s completion marker of a source: <data_root>/<folder>/.<name>.done."""
     if name not in SOURCES:
         raise ValueError(
-            f"source {name!r} (config) is not declared in config/sources.yaml; declared: {', '.join(SOURCES)}"
+            f"source {name!r} (config) is not declared in cumo/data/sources.yaml; declared: {', '.join(SOURCES)}"
         )
     return f"{DATA}/{SOURCES[name]['folder']}/.{name}.done"
 
@@ -104,7 +105,7 @@ def required_markers(wildcards):
 
 
 def declared_files(name):
-    """fnmatch patterns, relative to the data root, of the files source `name` declares in config/sources.yaml:
+    """fnmatch patterns, relative to the data root, of the files source `name` declares in cumo/data/sources.yaml:
     its Hub files (allow patterns), web and manual files, extracted folders, and its conversions, which are
     named after it (data/jsons/sources/<name>*.json; tests/test_workflow.py checks the modules keep to it).
     """
@@ -151,7 +152,7 @@ def check_mixture_jsons():
             ):
                 raise ValueError(
                     f"config mixtures.{stage}.jsons: {path!r} is no file that its sources "
-                    f"({', '.join(mixture['sources'])}) declare in config/sources.yaml, which are: "
+                    f"({', '.join(mixture['sources'])}) declare in cumo/data/sources.yaml, which are: "
                     f"{', '.join(patterns)}. Fix the path, or add the source that makes it"
                 )
 
@@ -201,7 +202,7 @@ def previous_flag(wildcards, input):
     return f"--previous {input.previous}" if input.previous else ""
 
 
-# The base weights a paper preset's pretrain starts from, as sources of config/sources.yaml: the download rule
+# The base weights a paper preset's pretrain starts from, as sources of cumo/data/sources.yaml: the download rule
 # fetches them on the submitting host, so training jobs need no network (cumo/train/stages.py CLIP_SOURCE and
 # LLM_SOURCES name the same Hub repos; tests/test_workflow.py checks that they agree).
 BASE_MODELS = {
@@ -420,7 +421,7 @@ def run_folder(name):
     return folder
 
 
-# Released checkpoints: a source of config/sources.yaml (downloaded by the download rule into its folder) or a
+# Released checkpoints: a source of cumo/data/sources.yaml (downloaded by the download rule into its folder) or a
 # local directory. A source needs its preset: the memory plan of its evaluation is made before the download.
 MODEL_SOURCES = [
     name
@@ -445,7 +446,7 @@ def check_released():
             and not Path(released).exists()
         ):
             raise ValueError(
-                f"config models.{name}.released: {released!r} is neither a source of config/sources.yaml (its model "
+                f"config models.{name}.released: {released!r} is neither a source of cumo/data/sources.yaml (its model "
                 f"repos: {', '.join(MODEL_SOURCES)}) nor a directory here; a directory is written ./{released}"
             )
 
