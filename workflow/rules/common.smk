@@ -8,15 +8,44 @@ import shlex
 from urllib.parse import urlsplit
 from pathlib import Path
 
+import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from cumo.data.download import SOURCES as SOURCES_FILE
+from cumo.eval.benchmarks import NAMES, get
+from cumo.model.presets import PRESETS
 from cumo.plan import Cluster, PlanError, PlanRefused, check_config, slurm_mem_mb
 from cumo.report.tables import PAPER_RESULTS
+from cumo.train.stages import PARTS, PREVIOUS, SCHEDULERS, STAGES, ZERO_CONFIGS
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The benchmarks a judge model scores, with the paper's judge (cumo/eval/benchmarks/<name>.py judge_model): a
+# config judge without `model` uses these. Without a judge in the config they are not targets, and the table
+# leaves them empty.
+PAPER_JUDGES = {name: get(name).judge_model for name in NAMES if get(name).judged}
+JUDGED = tuple(PAPER_JUDGES)
+
+# The schema leaves the names the package defines to the package, each listed once there: its $defs get them
+# here. snakemake.utils.validate reads a schema only from a file, so the filled one is checked as it checks
+# one (Draft 2020-12, the first error found), with its message.
+SCHEMA = yaml.safe_load(
+    Path(workflow.source_path("../schemas/config.schema.yaml")).read_text()
+)
+for name, allowed in {
+    "benchmark": NAMES,
+    "judged": JUDGED,
+    "preset": PRESETS,
+    "stage": STAGES,
+    "part": PARTS,
+    "zero": ZERO_CONFIGS,
+    "scheduler": SCHEDULERS,
+}.items():
+    SCHEMA["$defs"][name]["enum"] = list(allowed)
+SCHEMA["$defs"]["every_stage"]["required"] = list(STAGES)
+try:
+    jsonschema.Draft202012Validator(SCHEMA).validate(config)
+except jsonschema.ValidationError as error:
+    raise WorkflowError("Error validating config file.", error) from None
 
 # The memory plan of every training and evaluation job on the config's cluster (cumo/plan.py, `cumo plan`),
 # before anything is submitted: a job that cannot fit stops the run here, a dry run too, naming the job and
@@ -32,17 +61,6 @@ CLUSTER = Cluster.from_config(config.get("cluster"))
 
 RUN = f"results/{config['run']}"
 DATA = config["data_root"]
-STAGES = ("pretrain", "pft", "sft")
-PREVIOUS = {"pft": "pretrain", "sft": "pft"}  # cumo/train/stages.py PREVIOUS
-# The benchmarks a judge model scores, each with the paper's judge (cumo/eval/benchmarks/<name>.py: judged=True,
-# judge_model; tests/test_workflow.py checks they agree): a config judge without `model` uses these. Without a
-# judge in the config the three are not targets, and the table leaves them empty.
-PAPER_JUDGES = {
-    "mmvet": "gpt-4-0613",
-    "llava_wild": "gpt-4-0613",
-    "mathvista": "gpt-3.5-turbo",
-}
-JUDGED = tuple(PAPER_JUDGES)
 # The sources `cumo download` knows (package data, cumo/data/sources.yaml): a source's marker path and what it
 # requires. Their lock (cumo/data/sources.lock.yaml, the pins each download job checks or learns) is no output:
 # every job writes it (they merge their entries under a file lock), and Snakemake would delete it before each
