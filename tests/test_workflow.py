@@ -544,6 +544,16 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
         assert words in message, message
 
 
+def test_a_configfile_merged_into_the_tiny_one_stops_saying_how_to_replace_it():
+    """Without --replace-workflow-config the paper's models would join the tiny ones; the schema's error named
+    keys of the merge, not the missing flag."""
+    result = snakemake("--dry-run", "--configfile", "config/config.yaml")
+    message = result.stdout + result.stderr
+    assert (
+        result.returncode != 0 and "Pass --replace-workflow-config with it, or use --profile slurm" in message
+    )
+
+
 def test_a_config_that_trains_needs_its_data_and_ranks(tmp_path):
     """config/released.yaml has neither mixtures nor train; a model trained here needs both."""
     path = tmp_path / "bad.yaml"

@@ -17,7 +17,28 @@ from cumo.eval.benchmarks import NAMES, get
 from cumo.model.presets import PRESETS
 from cumo.plan import Cluster, PlanError, PlanRefused, check_config, slurm_mem_mb
 from cumo.report.tables import PAPER_RESULTS
-from cumo.train.stages import PARTS, PREVIOUS, SCHEDULERS, STAGES, ZERO_CONFIGS
+from cumo.train.stages import (
+    CLIP_SOURCE,
+    LLM_SOURCES,
+    PARTS,
+    PREVIOUS,
+    SCHEDULERS,
+    STAGES,
+    ZERO_CONFIGS,
+)
+
+# Without --replace-workflow-config Snakemake merges a --configfile into the embedded tiny config: the tiny
+# models would join the paper's, and the schema would report keys the user never wrote. Jobs that Snakemake
+# spawns (Slurm) get --configfiles alone, so only the main process checks.
+if (
+    workflow.is_main_process
+    and workflow.config_settings.configfiles
+    and not workflow.config_settings.replace_workflow_config
+):
+    raise WorkflowError(
+        "--configfile without --replace-workflow-config merges the file into the embedded tiny config "
+        "(config/tiny.yaml). Pass --replace-workflow-config with it, or use --profile slurm (the paper's config)."
+    )
 
 # The benchmarks a judge model scores, with the paper's judge (cumo/eval/benchmarks/<name>.py judge_model): a
 # config judge without `model` uses these. Without a judge in the config they are not targets, and the table
@@ -220,18 +241,27 @@ def previous_flag(wildcards, input):
     return f"--previous {input.previous}" if input.previous else ""
 
 
-# The base weights a paper preset's pretrain starts from, as sources of cumo/data/sources.yaml: the download rule
-# fetches them on the submitting host, so training jobs need no network (cumo/train/stages.py CLIP_SOURCE and
-# LLM_SOURCES name the same Hub repos; tests/test_workflow.py checks that they agree).
+def hub_source(repo):
+    """The declared source that fetches the Hub repo `repo` and nothing else."""
+    names = [
+        name
+        for name, source in SOURCES.items()
+        if [hub["repo"] for hub in source.get("hub", [])] == [repo]
+    ]
+    if len(names) != 1:
+        raise WorkflowError(
+            f"cumo/data/sources.yaml should declare one source of the Hub repo {repo} alone, not {names}: "
+            "the paper presets' pretrain starts from it (cumo/train/stages.py CLIP_SOURCE, LLM_SOURCES)"
+        )
+    return names[0]
+
+
+# The base weights a paper preset's pretrain starts from (cumo/train/stages.py CLIP_SOURCE, LLM_SOURCES), as
+# the sources that fetch them: the download rule fetches them on the submitting host, so training jobs need no
+# network.
 BASE_MODELS = {
-    "cumo-mistral-7b": {
-        "clip": "clip_vit_large_patch14_336",
-        "llm": "mistral_7b_instruct_v0_2",
-    },
-    "cumo-mixtral-8x7b": {
-        "clip": "clip_vit_large_patch14_336",
-        "llm": "mixtral_8x7b_instruct_v0_1",
-    },
+    preset: {"clip": hub_source(CLIP_SOURCE), "llm": hub_source(repo)}
+    for preset, repo in LLM_SOURCES.items()
 }
 
 
