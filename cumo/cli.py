@@ -75,11 +75,11 @@ def add_demo_arguments(steps) -> None:
 def download(args) -> None:
     """Download training sources and benchmarks (eval_<bench>), and what they require, into the data tree,
     verified, with .done markers; the pins each first download learns go to the lock file."""
-    from cumo.data.download import default_data_root
+    from cumo.data.download import SOURCES, default_data_root
     from cumo.data.download import download as download_sources
 
     data_root = Path(args.data_root) if args.data_root else default_data_root()
-    records = download_sources(args.names, data_root, args.config, args.lock, args.update_lock)
+    records = download_sources(args.names, data_root, args.config or SOURCES, args.lock, args.update_lock)
     print(f"{len(records)} source(s) ready under {data_root}: {', '.join(r['source'] for r in records)}")
 
 
@@ -87,12 +87,14 @@ def add_download_arguments(steps) -> None:
     sub = add_step(steps, "download", download)
     sub.add_argument("names", nargs="+", metavar="SOURCE", help="source names declared in the sources config")
     sub.add_argument("--data-root", default=None, help="data tree root (default: $CuMo_DIR/data, else data)")
-    sub.add_argument("--config", default="config/sources.yaml", help="the sources declarations")
+    sub.add_argument(
+        "--config", type=Path, help="the sources declarations (default: cumo's own, cumo/data/sources.yaml)"
+    )
     sub.add_argument(
         "--lock",
-        default=None,
+        type=Path,
         help="the pins learned on first download: Hub commits, every file's sha256 (default: kept with --config, "
-        "config/sources.lock.yaml)",
+        "cumo/data/sources.lock.yaml)",
     )
     sub.add_argument(
         "--update-lock",
@@ -259,10 +261,9 @@ def launch(args) -> None:
     import os
 
     from cumo.train.batching import plan_batch
-    from cumo.train.deepspeed_config import load_deepspeed_config
+    from cumo.train.deepspeed_config import load_deepspeed_config, upstream_config
     from cumo.train.launch import local_command, srun_command
     from cumo.train.stages import parse_overrides, stage_config
-    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     train_args = build_parser().parse_args(command)
@@ -271,7 +272,7 @@ def launch(args) -> None:
     stage = stage_config(train_args.stage, train_args.preset, **parse_overrides(train_args.set))
     world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
     print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
-    load_deepspeed_config(DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json")
+    load_deepspeed_config(upstream_config(stage.zero))
     if args.nodes > 1:
         argv, env = srun_command(
             command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
@@ -430,17 +431,20 @@ def add_upcycle_arguments(steps) -> None:
 
 def report_tables(args) -> None:
     """The main table (models x benchmarks in the paper's order; reproduced, reported, delta) as CSV, MD, LaTeX."""
-    from cumo.report.tables import write_tables
+    from cumo.report.tables import PAPER_RESULTS, write_tables
 
-    written = write_tables(args.eval, args.paper, args.models, args.benchmarks, args.out)
+    written = write_tables(args.eval, args.paper or PAPER_RESULTS, args.models, args.benchmarks, args.out)
     print(json.dumps(written, indent=2))
 
 
 def report_plots(args) -> None:
     """Benchmarks vs the paper, and per model its loss curves, sft aux losses and expert-load heat maps."""
     from cumo.report.plots import write_plots
+    from cumo.report.tables import PAPER_RESULTS
 
-    written = write_plots(args.eval, args.models_dir, args.paper, args.model_names, args.benchmarks, args.out)
+    written = write_plots(
+        args.eval, args.models_dir, args.paper or PAPER_RESULTS, args.model_names, args.benchmarks, args.out
+    )
     print(json.dumps(written, indent=2))
 
 
@@ -455,7 +459,7 @@ def add_report_arguments(steps) -> None:
             "--eval", required=True, type=Path, help="results/<run>/eval (<model>/<bench>/metrics.json)"
         )
         sub.add_argument(
-            "--paper", default="config/paper_results.yaml", type=Path, help="the paper's numbers"
+            "--paper", type=Path, help="the paper's numbers (default: cumo's, cumo/report/paper_results.yaml)"
         )
         sub.add_argument(
             "--benchmarks", nargs="+", default=list(BENCHMARK_NAMES), help="columns (default: all 13)"

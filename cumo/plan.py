@@ -22,7 +22,7 @@ the benchmark) trains in fp32, where ZeRO-3's master is the partition itself (st
 Then what the code allocates besides (each term's comment says where): the reduce bucket(s) of
 `reduce_bucket_size = h^2` elements (cumo/train/deepspeed_config.py, transformers' rule), ZeRO-3's gathered
 parameters (one module at a time in the first step, which records the trace; afterwards up to
-`stage3_max_live_parameters = 1e9`, config/deepspeed/zero3*.json), the gradients of a module before they are
+`stage3_max_live_parameters = 1e9`, cumo/train/deepspeed/zero3*.json), the gradients of a module before they are
 reduced, the flattened fp32 gradients and Adam's temporaries at the optimiser step, the loading, saving and
 exporting transients, pinned host buffers rounded up to a power of two by PyTorch's host allocator, and the
 activations of one micro-batch (`saved_activation_bytes`: what autograd keeps per token of every layer of
@@ -476,7 +476,7 @@ CPU_PHASE_OVERHEAD = {
 
 @dataclass(frozen=True)
 class ZeroSetup:
-    """What a stage's DeepSpeed config (config/deepspeed/<zero>.json, filled as the trainer fills it) means for
+    """What a stage's DeepSpeed config (cumo/train/deepspeed/<zero>.json, filled as the trainer fills it) means for
     memory."""
 
     stage: int
@@ -745,11 +745,10 @@ def _largest_terms(terms: dict[str, int], count: int = 3) -> str:
 def stage_ds_config(stage, world: int, hidden_size: int, device: str) -> dict:
     """The stage's DeepSpeed config as the trainer fills it (cumo/train/trainer.py), for `world` ranks."""
     from cumo.train.batching import plan_batch
-    from cumo.train.deepspeed_config import fill_deepspeed_config
-    from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
+    from cumo.train.deepspeed_config import fill_deepspeed_config, upstream_config
 
     return fill_deepspeed_config(
-        DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json",
+        upstream_config(stage.zero),
         batch=plan_batch(stage.global_batch_size, stage.micro_batch_size, world),
         lr=stage.learning_rate,
         weight_decay=stage.weight_decay,

@@ -12,8 +12,11 @@ from pathlib import Path
 
 
 def git_commit() -> str | None:
-    """The commit of the cumo checkout, with "-dirty" when files differ from it; None outside git."""
+    """The commit of the cumo checkout, with "-dirty" when files differ from it; None for an installed cumo,
+    whose site-packages may lie inside some other repository (a venv in a project) whose commit is not ours."""
     root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():  # a folder in a clone, a file in a worktree
+        return None
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

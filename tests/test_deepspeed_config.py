@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from cumo.train.batching import plan_batch
-from cumo.train.deepspeed_config import DeepSpeedConfigError, fill_deepspeed_config, load_deepspeed_config
+from cumo.train.deepspeed_config import (
+    DeepSpeedConfigError,
+    fill_deepspeed_config,
+    load_deepspeed_config,
+    upstream_config,
+)
 
-CONFIGS = Path(__file__).resolve().parents[1] / "config" / "deepspeed"
 SHIPPED = ["zero2", "zero3", "zero3_offload"]
 # CuMo's sft on 8 GPUs (scripts/cumo/mistral_7b/sft_mistral_7b.sh), Mistral-7B's hidden size 4096.
 SFT = dict(
@@ -33,7 +37,7 @@ UPSTREAM_SHA256 = {
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_are_upstreams_byte_for_byte(name):
     # What differs from upstream (CPU adaptation) is done in code, where it is visible and tested.
-    assert hashlib.sha256((CONFIGS / f"{name}.json").read_bytes()).hexdigest() == UPSTREAM_SHA256[name]
+    assert hashlib.sha256((upstream_config(name)).read_bytes()).hexdigest() == UPSTREAM_SHA256[name]
 
 
 def leaves(node, prefix=""):
@@ -46,11 +50,9 @@ def leaves(node, prefix=""):
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_auto_is_filled_from_the_trainer(name):
-    raw = dict(leaves(load_deepspeed_config(CONFIGS / f"{name}.json")))
+    raw = dict(leaves(load_deepspeed_config(upstream_config(name))))
     filled = dict(
-        leaves(
-            fill_deepspeed_config(CONFIGS / f"{name}.json", batch=plan_batch(64, 4, 8), device="cuda", **SFT)
-        )
+        leaves(fill_deepspeed_config(upstream_config(name), batch=plan_batch(64, 4, 8), device="cuda", **SFT))
     )
     assert "auto" not in filled.values()
     # Only the "auto" entries change on GPU: the rest is the upstream file.
@@ -65,7 +67,7 @@ def test_every_auto_is_filled_from_the_trainer(name):
 
 def test_zero3_offload_gets_the_optimizer_and_schedule_of_the_recipe():
     filled = fill_deepspeed_config(
-        CONFIGS / "zero3_offload.json", batch=plan_batch(64, 4, 8), device="cuda", **SFT
+        upstream_config("zero3_offload"), batch=plan_batch(64, 4, 8), device="cuda", **SFT
     )
     assert filled["optimizer"]["params"] == {
         "lr": 4e-6,
@@ -88,7 +90,7 @@ def test_zero3_offload_gets_the_optimizer_and_schedule_of_the_recipe():
 
 def test_no_warmup_still_gives_deepspeed_a_positive_warmup():
     filled = fill_deepspeed_config(
-        CONFIGS / "zero3_offload.json",
+        upstream_config("zero3_offload"),
         batch=plan_batch(64, 4, 8),
         device="cuda",
         **{**SFT, "warmup_steps": 0},
@@ -99,15 +101,15 @@ def test_no_warmup_still_gives_deepspeed_a_positive_warmup():
 def test_on_cpu_offloading_uses_torchs_adamw_and_refuses_bf16():
     tiny = {**SFT, "bf16": False, "hidden_size": 16}
     offload = fill_deepspeed_config(
-        CONFIGS / "zero3_offload.json", batch=plan_batch(4, 2, 2), device="cpu", **tiny
+        upstream_config("zero3_offload"), batch=plan_batch(4, 2, 2), device="cpu", **tiny
     )
     assert offload["optimizer"]["params"]["torch_adam"] is True
     assert offload["bf16"]["enabled"] is False
-    zero2 = fill_deepspeed_config(CONFIGS / "zero2.json", batch=plan_batch(4, 2, 2), device="cpu", **tiny)
+    zero2 = fill_deepspeed_config(upstream_config("zero2"), batch=plan_batch(4, 2, 2), device="cpu", **tiny)
     assert "optimizer" not in zero2
     with pytest.raises(DeepSpeedConfigError, match="set bf16: false"):
         fill_deepspeed_config(
-            CONFIGS / "zero2.json", batch=plan_batch(4, 2, 2), device="cpu", **{**tiny, "bf16": True}
+            upstream_config("zero2"), batch=plan_batch(4, 2, 2), device="cpu", **{**tiny, "bf16": True}
         )
 
 
@@ -177,7 +179,7 @@ def test_filled_configs_initialise_deepspeed_on_cpu():
         "MASTER_ADDR": "127.0.0.1",
         "MASTER_PORT": str(free_port()),
     }
-    paths = [str(CONFIGS / f"{name}.json") for name in SHIPPED]
+    paths = [str(upstream_config(name)) for name in SHIPPED]
     result = subprocess.run(
         [sys.executable, "-c", INITIALIZE, *paths], env=env, capture_output=True, text=True, timeout=300
     )

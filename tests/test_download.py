@@ -2,7 +2,7 @@
 files (whole, resumed after a dropped connection, retried, refused for a wrong digest), files placed by
 hand, Hub repos through HF_ENDPOINT (pinned commit, allow-patterns, gated, corrupted; datasets and model
 weights that from_pretrained then reads offline), safe extraction, markers and idempotency, and the
-declarations in config/sources.yaml."""
+declarations in cumo/data/sources.yaml."""
 
 import fnmatch
 import hashlib
@@ -20,6 +20,7 @@ from huggingface_hub.utils import filter_repo_objects
 
 from cumo.data import download as dl
 from cumo.data.download import (
+    SOURCES,
     ChecksumError,
     DownloadError,
     ManualStepNeeded,
@@ -121,7 +122,7 @@ def test_fetch_url_does_not_retry_a_missing_file(tmp_path):
     with FileServer({}) as server:
         with pytest.raises(DownloadError, match="HTTP 404") as error:
             fetch_url(f"{server.url}/gone.zip", tmp_path / "gone.zip", backoff_s=0)
-    assert "config/sources.yaml" in str(error.value)
+    assert "cumo/data/sources.yaml" in str(error.value)
     assert len(server.requested("GET", "/gone.zip")) == 1
 
 
@@ -460,9 +461,9 @@ def tiny_mistral_repo(tmp_path: Path) -> tuple[dict[str, bytes], object]:
 
 
 def model_config(tmp_path: Path, gated: bool = False) -> Path:
-    """A model source with the weights patterns config/sources.yaml declares for Mistral-7B-Instruct-v0.2
+    """A model source with the weights patterns cumo/data/sources.yaml declares for Mistral-7B-Instruct-v0.2
     (its tokenizer's aside: the tiny model has none)."""
-    shipped = load_sources(REPO_ROOT / "config/sources.yaml")["mistral_7b_instruct_v0_2"].hub[0]
+    shipped = load_sources(SOURCES)["mistral_7b_instruct_v0_2"].hub[0]
     repo = {
         "repo": "org/tiny-lm",
         "repo_type": "model",
@@ -553,7 +554,7 @@ def test_source_folder_of_an_undeclared_source_lists_the_declared_ones(tmp_path)
     with pytest.raises(
         SourceConfigError, match=r"unknown source 'clip'; the declared ones are \[.*'clip_vit"
     ):
-        source_folder("clip", tmp_path, REPO_ROOT / "config/sources.yaml")
+        source_folder("clip", tmp_path, SOURCES)
 
 
 # -- Declarations ------------------------------------------------------------------------------------------
@@ -623,7 +624,7 @@ DESIGN_FOLDERS = {
 
 
 def test_shipped_declarations_cover_every_source_in_cumos_tree():
-    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    sources = load_sources(SOURCES)
     # The evaluation sources (eval_*) are tests/test_eval_sources.py's.
     assert {name for name in sources if not name.startswith("eval_")} == ISSUE_SOURCES | set(
         BASE_MODELS
@@ -674,7 +675,7 @@ MISTRAL_WANTED = {
 def test_base_models_are_model_repos_that_fetch_only_what_from_pretrained_reads():
     from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES
 
-    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    sources = load_sources(SOURCES)
     assert set(BASE_MODELS.values()) == {CLIP_SOURCE, *LLM_SOURCES.values()}
     for name, repo_id in BASE_MODELS.items():
         (repo,) = sources[name].hub
@@ -708,7 +709,7 @@ RELEASED_WANTED = {
 
 
 def test_released_checkpoints_are_model_repos_that_fetch_only_what_the_conversion_reads():
-    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    sources = load_sources(SOURCES)
     released = yaml.safe_load((REPO_ROOT / "config/released.yaml").read_text())["models"]
     assert {entry["released"] for entry in released.values()} == set(RELEASED)
     for name, repo_id in RELEASED.items():
@@ -722,7 +723,7 @@ def test_released_checkpoints_are_model_repos_that_fetch_only_what_the_conversio
 
 
 def test_every_archive_to_extract_is_one_its_source_fetches():
-    for source in load_sources(REPO_ROOT / "config/sources.yaml").values():
+    for source in load_sources(SOURCES).values():
         fetched = [item.file for item in (*source.web, *source.manual)]
         fetched += [
             f"{repo.into}/{pattern}".removeprefix("./") for repo in source.hub for pattern in repo.allow
@@ -735,7 +736,7 @@ def test_every_archive_to_extract_is_one_its_source_fetches():
 
 
 def test_every_source_module_belongs_to_a_declared_source():
-    sources = load_sources(REPO_ROOT / "config/sources.yaml")
+    sources = load_sources(SOURCES)
     modules = {path.stem for path in (REPO_ROOT / "cumo/data/sources").glob("*.py")} - {"__init__"}
     assert modules <= set(sources)
     for name in modules:

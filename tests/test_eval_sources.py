@@ -1,4 +1,4 @@
-"""The evaluation sources of config/sources.yaml (eval_*): one per benchmark, filling the folder its
+"""The evaluation sources of cumo/data/sources.yaml (eval_*): one per benchmark, filling the folder its
 declaration reads; together they produce every file of LLaVA-1.5's evaluation layout that the synthetic
 benchmarks write (cumo/data/synthetic_benchmarks/, written independently from the upstream scripts); and
 the shipped declarations, with their addresses pointed at servers on 127.0.0.1 (tests/servers.py) serving
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from cumo.data.download import (
+    SOURCES,
     ChecksumError,
     ManualStepNeeded,
     Source,
@@ -30,7 +31,6 @@ from tests.servers import FileServer, HubServer, local_only
 from tests.test_download import hub_env, write_tar, zip_bytes  # noqa: F401 (hub_env is a fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SOURCES_YAML = REPO_ROOT / "config/sources.yaml"
 
 # LLaVA's question files, as its scripts/v1_5/eval/*.sh name them under ./playground/data/eval: the part of
 # the layout that only eval.zip provides.
@@ -62,7 +62,7 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def sources() -> dict[str, Source]:
-    return load_sources(SOURCES_YAML)
+    return load_sources(SOURCES)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -94,8 +94,8 @@ def shipped_config(
     moved to `server` (same path and query), which answers it with `content[<the file it declares>]`.
     A declared sha256 is the real file's; with `declare_served` the copy declares the served stand-in's instead,
     so that the check still runs and passes."""
-    raw = yaml.safe_load(SOURCES_YAML.read_text())
-    order = plan(names, load_sources(SOURCES_YAML))
+    raw = yaml.safe_load(SOURCES.read_text())
+    order = plan(names, load_sources(SOURCES))
     for source in order:
         for item, declared in zip(raw[source.name].get("web", []), source.web, strict=True):
             url = urlsplit(item["url"])
@@ -256,7 +256,7 @@ def test_pinned_digests_refuse_other_bytes(eval_root, tmp_path):
         content |= {"eval/eval.zip": llava_eval_zip(eval_root), "val2014.zip": zip_bytes({})}
         config = shipped_config(tmp_path, ["eval_pope"], server, content, declare_served=False)
         with pytest.raises(
-            ChecksumError, match=r"coco_pope_adversarial\.json: downloaded from .* but config/sources"
+            ChecksumError, match=r"coco_pope_adversarial\.json: downloaded from .* but cumo/data/sources"
         ):
             download(["eval_pope"], tmp_path / "data", config)
     assert not (tmp_path / "data/eval/pope/coco/coco_pope_adversarial.json").exists()
@@ -265,7 +265,7 @@ def test_pinned_digests_refuse_other_bytes(eval_root, tmp_path):
 def test_mme_stops_with_the_registration_steps_then_takes_the_archive(sources, eval_root, tmp_path):
     data = tmp_path / "data"
     with pytest.raises(ManualStepNeeded) as error:
-        download_source(sources["eval_mme"], data)
+        download_source(sources["eval_mme"], data, tmp_path / "sources.lock.yaml")
     message = str(error.value)
     archive = data / "eval/MME/MME_Benchmark_release_version.zip"
     assert str(archive) in message and "Nothing of eval_mme was downloaded" in message

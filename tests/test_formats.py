@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from PIL import Image
 
-from cumo.data.download import load_sources
+from cumo.data.download import SOURCES, load_sources
 from cumo.data.mixture import build_mixture, under_data_root
 from cumo.data.skips import SkipCounter
 from cumo.data.sources import read_json
@@ -27,7 +27,6 @@ from cumo.eval.metrics.mmmu import SUBJECTS
 from tests.predictions import answered
 
 FIXTURES = Path(__file__).parent / "fixtures" / "formats"
-SOURCES_YAML = Path(__file__).parents[1] / "config" / "sources.yaml"
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
 GENERATED = "<generated>"  # an image cell of a parquet fixture: the bytes are made here
@@ -365,8 +364,8 @@ def test_training_mixture(tmp_path, mixture):
     image_folder, composition = MIXTURES[mixture]
     entries = read_json(FIXTURES / "training" / mixture)
     images = [under_data_root(entry.get("image"), image_folder) for entry in entries]
-    folders = [source.folder for source in load_sources(SOURCES_YAML).values()]
-    for image in filter(None, images):  # each lies in the folder config/sources.yaml gives a source
+    folders = [source.folder for source in load_sources(SOURCES).values()]
+    for image in filter(None, images):  # each lies in the folder cumo/data/sources.yaml gives a source
         assert any(PurePosixPath(image).is_relative_to(folder) for folder in folders), image
         (tmp_path / "data" / image).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / image).write_bytes(image_bytes(Path(image).suffix))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cumo.data import lockfile
-from cumo.data.download import ChecksumError, download, load_sources
+from cumo.data.download import SOURCES, ChecksumError, download, load_sources
 from cumo.data.lockfile import LockFileError
 from tests.servers import FileServer, HubServer, local_only
 from tests.test_download import (  # noqa: F401 (hub_env is a fixture)
@@ -228,8 +228,8 @@ def test_a_malformed_lock_names_the_file_source_and_field(tmp_path, text, expect
 def test_the_shipped_lock_pins_declared_sources_only_in_the_written_format():
     """Entries are learned by real downloads and committed: each must still name a declared source (delete it
     when its source goes), and the file must be as the writer writes it, so that diffs stay minimal."""
-    lock = REPO_ROOT / "config/sources.lock.yaml"
+    lock = lockfile.default_path(SOURCES)
     entries = lockfile.read(lock)
-    assert set(entries) <= set(load_sources(REPO_ROOT / "config/sources.yaml"))
+    assert set(entries) <= set(load_sources())
     assert lock.read_text() == lockfile.render(entries)
-    assert lockfile.default_path(REPO_ROOT / "config/sources.yaml") == lock
+    assert lock == REPO_ROOT / "cumo/data/sources.lock.yaml"

@@ -6,6 +6,7 @@ shapes world and set in the table next to the paper's row of its name."""
 
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -15,14 +16,15 @@ from safetensors.torch import load_file
 from cumo.data.synthetic import build_tokenizer
 from cumo.model.convert import save_released
 from cumo.model.weights import SAFETENSORS_INDEX
+from cumo.report.tables import PAPER_RESULTS
 from tests.factories import make_model
 from tests.servers import HubServer
-from tests.tiny_dag import SMALL_WORLD, snakemake, started, tiny_repository  # noqa: F401 (started: a fixture)
+from tests.tiny_dag import REPOSITORY, SMALL_WORLD, snakemake, started, tiny_repository  # noqa: F401 (started: a fixture)
 
 REPO = "shi-labs/CuMo-tiny"
 SOURCE = "cumo_tiny"
 FOLDER = "models/CuMo-tiny"
-# Named as a row of config/paper_results.yaml, as config/released.yaml names its models: the table sets the
+# Named as a row of cumo/report/paper_results.yaml, as config/released.yaml names its models: the table sets the
 # paper's numbers next to its own (a random tiny model: what is tested is where the numbers go).
 MODEL = "cumo-mistral-7b"
 BENCHMARKS = ["gqa", "pope"]
@@ -43,7 +45,9 @@ def test_a_released_checkpoint_is_downloaded_converted_evaluated_and_reported(tm
     shards = sorted(name for name in files if name.endswith(".safetensors"))
     assert len(shards) >= 3 and SAFETENSORS_INDEX in files
 
-    sources = repository / "config" / "sources.yaml"
+    # The sources are cumo's package data: the run imports a copy of the package with one more declared.
+    shutil.copytree(REPOSITORY / "cumo", repository / "cumo", ignore=shutil.ignore_patterns("__pycache__"))
+    sources = repository / "cumo" / "data" / "sources.yaml"
     declared = {
         "page": f"https://huggingface.co/{REPO}",
         "folder": FOLDER,
@@ -72,7 +76,11 @@ def test_a_released_checkpoint_is_downloaded_converted_evaluated_and_reported(tm
 
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
     with HubServer({REPO: files}, models={REPO}) as hub:
-        environment |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
+        environment |= {
+            "HF_ENDPOINT": hub.url,
+            "HF_HOME": str(tmp_path / "hf"),
+            "PYTHONPATH": str(repository),
+        }
         run = snakemake(
             repository, environment, "--profile", "profiles/local", "--configfile", "config/released.yaml",
             "--replace-workflow-config",
@@ -101,6 +109,6 @@ def test_a_released_checkpoint_is_downloaded_converted_evaluated_and_reported(tm
         assert metrics["model"]["path"].endswith(f"models/{MODEL}/released") and metrics["n"] > 0
     table = (repository / "results" / "released" / "tables" / "main.md").read_text().splitlines()
     (row,) = [index for index, line in enumerate(table) if line.startswith(f"| {MODEL} | reproduced |")]
-    paper = yaml.safe_load((repository / "config" / "paper_results.yaml").read_text())["models"][MODEL]
+    paper = yaml.safe_load(PAPER_RESULTS.read_text())["models"][MODEL]
     assert table[row + 1] == f"|  | reported | {paper['gqa']:.1f} | {paper['pope']:.1f} |"
     assert table[row + 2].startswith("|  | delta | ")

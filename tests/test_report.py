@@ -10,9 +10,15 @@ import yaml
 from cumo.cli import main
 from cumo.eval.benchmarks import NAMES, get
 from cumo.report.plots import benchmark_points, expert_share, write_plots
-from cumo.report.tables import build_table, latex_escape, load_paper, to_latex, to_markdown, write_tables
-
-PAPER = "config/paper_results.yaml"
+from cumo.report.tables import (
+    PAPER_RESULTS,
+    build_table,
+    latex_escape,
+    load_paper,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
 
 # Li et al. 2024 (arXiv 2405.05949) Table 1, in its column order, typed again here from the paper.
 TABLE_1 = {
@@ -57,7 +63,7 @@ def write_metrics(
 
 
 def test_paper_file_is_table_1():
-    paper = load_paper(PAPER)
+    paper = load_paper(PAPER_RESULTS)
     assert list(paper.columns) == list(NAMES)
     assert [column.title for column in paper.columns.values()] == TITLES
     for model, numbers in TABLE_1.items():
@@ -66,7 +72,7 @@ def test_paper_file_is_table_1():
 
 def test_paper_columns_are_the_benchmarks_declarations():
     """A reproduced split other than the column's is noted under the table: the two must name them alike."""
-    for name, column in load_paper(PAPER).columns.items():
+    for name, column in load_paper(PAPER_RESULTS).columns.items():
         benchmark = get(name)
         assert (column.title, column.split) == (benchmark.title, benchmark.split), name
 
@@ -86,7 +92,9 @@ def eval_dir(tmp_path):
 
 
 def test_cells_deltas_and_missing(eval_dir):
-    table = build_table(eval_dir, load_paper(PAPER), ["cumo-mistral-7b", "tiny"], ["mme", "textvqa", "vqav2"])
+    table = build_table(
+        eval_dir, load_paper(PAPER_RESULTS), ["cumo-mistral-7b", "tiny"], ["mme", "textvqa", "vqav2"]
+    )
     assert [column.title for column in table.columns] == ["TextVQA", "MME", "VQAv2"]  # the paper's order
     mistral, tiny = table.cells["cumo-mistral-7b"], table.cells["tiny"]
     assert mistral["textvqa"].reproduced == 65.25 and mistral["textvqa"].reported == 67.0
@@ -100,7 +108,9 @@ def test_cells_deltas_and_missing(eval_dir):
 
 
 def test_a_judge_other_than_the_papers_is_noted(eval_dir):
-    table = build_table(eval_dir, load_paper(PAPER), ["cumo-mistral-7b", "tiny"], ["mmvet", "mathvista"])
+    table = build_table(
+        eval_dir, load_paper(PAPER_RESULTS), ["cumo-mistral-7b", "tiny"], ["mmvet", "mathvista"]
+    )
     assert table.cells["tiny"]["mmvet"].reproduced == 15.0
     judged = [note for note in table.notes if "judged by" in note]
     # MathVista's gpt-3.5-turbo is the paper's own extraction judge: no note.
@@ -115,7 +125,7 @@ def test_what_a_judged_benchmark_gave_up_on_is_noted(tmp_path):
     gave_up = {"seen": 80, "skipped": 3, "by_reason": {"no score in 5 replies (scored 0.0, as upstream)": 3}}
     path.write_text(json.dumps(record | {"metrics": {"judge_gave_up": gave_up}}))
     write_metrics(tmp_path, "tiny", "mathvista", 30.0, judge="gpt-3.5-turbo")  # none given up: no note
-    table = build_table(tmp_path, load_paper(PAPER), ["tiny"], ["mmvet", "mathvista"])
+    table = build_table(tmp_path, load_paper(PAPER_RESULTS), ["tiny"], ["mmvet", "mathvista"])
     assert [note for note in table.notes if "gave up" in note] == [
         "MM-Vet (tiny): the judge's rules gave up on 3 of 80 (no score in 5 replies (scored 0.0, as upstream): 3)."
     ]
@@ -133,7 +143,7 @@ def test_what_the_images_give_is_noted(tmp_path):
             write_metrics(tmp_path, "tiny-blank-images", bench, blank, weights="tiny", blank=True, n=n)
     write_metrics(tmp_path, "other", "gqa", 90.0)  # other weights: not the blank run's counterpart
     table = build_table(
-        tmp_path, load_paper(PAPER), ["tiny", "tiny-blank-images", "other"], ["gqa", "pope", "mme"]
+        tmp_path, load_paper(PAPER_RESULTS), ["tiny", "tiny-blank-images", "other"], ["gqa", "pope", "mme"]
     )
     images = [note for note in table.notes if note.startswith("Images:")]
     assert images == [
@@ -144,7 +154,7 @@ def test_what_the_images_give_is_noted(tmp_path):
 
 def test_written_files(eval_dir, tmp_path):
     out = tmp_path / "tables"
-    written = write_tables(eval_dir, PAPER, ["cumo-mistral-7b", "tiny"], list(NAMES), out)
+    written = write_tables(eval_dir, PAPER_RESULTS, ["cumo-mistral-7b", "tiny"], list(NAMES), out)
     assert written["missing"] == 2 * 13 - 8 and written["pending_server"] == 1
 
     frame = pd.read_csv(out / "main.csv", header=[0, 1, 2], index_col=[0, 1])
@@ -176,7 +186,7 @@ def test_latex_escapes(tmp_path):
         r"a\_b \& 5\% \$x\$ \#1 \{y\} \textasciitilde{}\textasciicircum{}\textbackslash{} "
     )
     write_metrics(tmp_path, "my_model", "gqa", 50.0)
-    latex = to_latex(build_table(tmp_path, load_paper(PAPER), ["my_model"], ["gqa", "pope"]))
+    latex = to_latex(build_table(tmp_path, load_paper(PAPER_RESULTS), ["my_model"], ["gqa", "pope"]))
     assert r"my\_model & reproduced & 50.0 & -- \\" in latex
     assert r"\scriptsize testdev\_balanced" in latex and r"accuracy (\%)" in latex
     assert "_" not in latex.replace(r"\_", "") and "—" not in latex
@@ -184,7 +194,9 @@ def test_latex_escapes(tmp_path):
 
 def test_paper_numbers_only(tmp_path):
     """No results at all: every reproduced cell missing, reported rows still there."""
-    markdown = to_markdown(build_table(tmp_path, load_paper(PAPER), ["cumo-mixtral-8x7b"], ["mme", "mmmu"]))
+    markdown = to_markdown(
+        build_table(tmp_path, load_paper(PAPER_RESULTS), ["cumo-mixtral-8x7b"], ["mme", "mmmu"])
+    )
     rows = markdown.splitlines()
     assert rows[2] == "| cumo-mixtral-8x7b | reproduced | — | — |"
     assert rows[3] == "|  | reported | 1639.5 | 45.0 |"
@@ -205,12 +217,12 @@ def test_bad_metrics_names_the_file(tmp_path, content, message):
     path.parent.mkdir(parents=True)
     path.write_text(content)
     with pytest.raises(ValueError, match=message) as error:
-        build_table(tmp_path, load_paper(PAPER), ["tiny"], ["gqa"])
+        build_table(tmp_path, load_paper(PAPER_RESULTS), ["tiny"], ["gqa"])
     assert str(path) in str(error.value)
 
 
 def test_bad_paper_file(tmp_path):
-    data = yaml.safe_load(open(PAPER))
+    data = yaml.safe_load(open(PAPER_RESULTS))
     data["models"]["cumo-mistral-7b"]["pope"] = "86.7%"
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -258,7 +270,7 @@ def test_the_benchmarks_figure_puts_every_number_on_one_scale_and_names_what_is_
     write_metrics(tmp_path, "cumo-mistral-7b", "pope", None)  # scored by a server
     models = ["cumo-mistral-7b", "tiny", "tiny-blank-images"]
     points, unscored = benchmark_points(
-        build_table(tmp_path, load_paper(PAPER), models, ["gqa", "pope", "mme"])
+        build_table(tmp_path, load_paper(PAPER_RESULTS), models, ["gqa", "pope", "mme"])
     )
     marks = {(point.row, point.line, point.kind): (point.value, round(point.share, 2)) for point in points}
     assert marks == {
@@ -278,7 +290,7 @@ def test_the_benchmarks_figure_puts_every_number_on_one_scale_and_names_what_is_
 
 
 def test_a_scale_is_a_positive_number(tmp_path):
-    data = yaml.safe_load(open(PAPER))
+    data = yaml.safe_load(open(PAPER_RESULTS))
     data["benchmarks"]["mme"]["scale"] = 0
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -294,7 +306,7 @@ def test_plots_written_and_skips_counted(eval_dir, tmp_path, capsys):
     write_log(models / "tiny" / "sft" / "metrics.jsonl", sft)
     out = tmp_path / "plots"
     main(
-        ["report", "plots", "--eval", str(eval_dir), "--models-dir", str(models), "--paper", PAPER,
+        ["report", "plots", "--eval", str(eval_dir), "--models-dir", str(models),
          "--model-names", "cumo-mistral-7b", "tiny", "--out", str(out)]
     )  # fmt: skip
     for stem in ("benchmarks", "loss_tiny", "aux_tiny", "expert_load_tiny"):
@@ -310,7 +322,9 @@ def test_bad_metrics_line_names_the_line(tmp_path):
     write_log(path, [step_record(1)])
     path.write_text(path.read_text() + "{cut off\n")
     with pytest.raises(ValueError, match=rf"{path}:2: not a JSON line"):
-        write_plots(tmp_path / "eval", tmp_path / "models", PAPER, ["tiny"], ["gqa"], tmp_path / "plots")
+        write_plots(
+            tmp_path / "eval", tmp_path / "models", PAPER_RESULTS, ["tiny"], ["gqa"], tmp_path / "plots"
+        )
 
 
 def test_cli_tables(eval_dir, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """From nothing on disk to CuMo's raw data tree: fetch, verify, extract and convert every source, training data,
 benchmarks and the base models pretrain starts from (CLIP, Mistral, Mixtral) alike.
 
-The sources are declared in `config/sources.yaml` (repo ids, revisions, allow-patterns, URLs, digests,
+The sources are declared in `cumo/data/sources.yaml` (repo ids, revisions, allow-patterns, URLs, digests,
 target folders); a source that needs code (a conversion to LLaVA's conversation schema, images named by
 URL in a metadata file) has a module in `cumo/data/sources/`. This module is the machinery they share:
 
@@ -22,9 +22,9 @@ URL in a metadata file) has a module in `cumo/data/sources/`. This module is the
 
 Pins learned on first download (cumo/data/lockfile.py): the first download of a source records the commit
 each Hub revision resolved to and every file's sha256 in the lock file kept with the declarations
-(`config/sources.lock.yaml`), once its files passed every check. A later download fetches the locked commits
+(`cumo/data/sources.lock.yaml`), once its files passed every check. A later download fetches the locked commits
 and stops where a file's sha256 differs from the locked one, naming the file and both digests; a lock entry
-that contradicts a pin declared in config/sources.yaml stops it before anything is fetched. Pins the lock
+that contradicts a pin declared in cumo/data/sources.yaml stops it before anything is fetched. Pins the lock
 lacks (a repo or file declared since) are learned the same way; `update_lock` renews a source's on purpose.
 
 A source is done when its marker `<data_root>/<folder>/.<name>.done` exists: a JSON record of the resolved
@@ -55,6 +55,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import MISSING, dataclass, fields, replace
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlsplit
 
@@ -69,6 +70,9 @@ from cumo.data import lockfile
 from cumo.data.lockfile import COMMIT, SHA256, LockFileError, exclusive
 from cumo.data.skips import SkipCounter
 
+# The declarations, with their lock beside them (lockfile.default_path): package data (pyproject.toml), read
+# wherever cumo is installed. In a checkout (an editable install) both are its files, and the lock is committed.
+SOURCES = resources.files("cumo.data") / "sources.yaml"
 HUB_URL = "https://huggingface.co"
 # The Hub repo types a source can fetch (spaces hold apps, not data); the Hub's routes differ by type:
 # /api/datasets/<id>, /datasets/<id>/resolve/... versus /api/models/<id>, /<id>/resolve/...
@@ -78,7 +82,7 @@ BAR_MIN_BYTES = 16 << 20  # smaller files get no progress bar of their own (fetc
 
 
 class SourceConfigError(ValueError):
-    """config/sources.yaml is malformed; the message names the source, the field and the fix."""
+    """cumo/data/sources.yaml is malformed; the message names the source, the field and the fix."""
 
 
 class DownloadError(RuntimeError):
@@ -222,8 +226,8 @@ def _parse_source(name: str, raw, where: str) -> Source:
     return replace(source, web=tuple(web))
 
 
-def load_sources(path: str | Path) -> dict[str, Source]:
-    """Read and check the source declarations (config/sources.yaml): every error names the source and field."""
+def load_sources(path: str | Path = SOURCES) -> dict[str, Source]:
+    """Read and check the source declarations (cumo/data/sources.yaml): every error names the source and field."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -353,7 +357,7 @@ def _get(url: str, partial: Path, timeout_s: float) -> int | None:
             raise
         raise DownloadError(
             f"{url}: HTTP {error.code} {error.reason}, not retried: the file is gone or needs a login "
-            "(for a declared source, check its URL in config/sources.yaml against the dataset's page)"
+            "(for a declared source, check its URL in cumo/data/sources.yaml against the dataset's page)"
         ) from error
     with response:
         resumed = offset > 0 and response.status == 206  # a 200 means the server ignored the range
@@ -446,7 +450,7 @@ def fetch_url(
     if size is None and sha256 is None:
         raise DownloadError(
             f"{url}: the server sent {got} bytes with no length (no Content-Length, not chunked), so a body cut "
-            f"short cannot be told from a whole one, and config/sources.yaml declares no sha256 for {dest.name}. "
+            f"short cannot be told from a whole one, and cumo/data/sources.yaml declares no sha256 for {dest.name}. "
             f"The bytes are kept in {partial}, not taken: declare the file's sha256 (from the dataset's page) and "
             "run again, or run again for a server that gives the size this time (its answer to the resume)."
         )
@@ -454,9 +458,9 @@ def fetch_url(
     if sha256 is not None and digest != sha256:
         partial.unlink()
         raise ChecksumError(
-            f"{dest}: downloaded from {url} with sha256 {digest}, but config/sources.yaml declares {sha256}. "
+            f"{dest}: downloaded from {url} with sha256 {digest}, but cumo/data/sources.yaml declares {sha256}. "
             "The download was deleted. Run again; if the digest stays the same, the upstream file changed: "
-            "check the dataset's page and update sha256 in config/sources.yaml."
+            "check the dataset's page and update sha256 in cumo/data/sources.yaml."
         )
     partial.replace(dest)
     return digest
@@ -512,7 +516,7 @@ def _select(repo: HubRepo, commit: str, tree: list[RepoFile]) -> dict[str, RepoF
         if not list(filter_repo_objects(paths, allow_patterns=[pattern])):
             raise DownloadError(
                 f"{repo.repo}@{commit}: no file matches the allow pattern {pattern!r}; the repo holds "
-                f"{sorted(paths)[:20]}{' ...' if len(paths) > 20 else ''}. Fix allow in config/sources.yaml."
+                f"{sorted(paths)[:20]}{' ...' if len(paths) > 20 else ''}. Fix allow in cumo/data/sources.yaml."
             )
     selected = set(filter_repo_objects(paths, allow_patterns=list(repo.allow)))
     return {entry.path: entry for entry in tree if entry.path in selected}
@@ -558,7 +562,7 @@ def fetch_hub(repo: HubRepo, local_dir: Path, commit: str | None = None) -> dict
                 "If the Hub no longer has that commit, renew the source's pins: `cumo download SOURCE --update-lock`."
             ) from error
         raise DownloadError(
-            f"{repo.repo}@{repo.revision}: {error}. Check repo and revision in config/sources.yaml."
+            f"{repo.repo}@{repo.revision}: {error}. Check repo and revision in cumo/data/sources.yaml."
         ) from error
     if not locked and commit != repo.revision:
         tqdm.write(f"{repo.repo}: revision {repo.revision!r} resolved to commit {commit}")
@@ -617,7 +621,7 @@ def check_manual(source: Source, folder: Path) -> dict[str, str]:
         digest = file_digests(path)[0]
         if item.sha256 is not None and digest != item.sha256:
             raise ChecksumError(
-                f"{path}: sha256 {digest}, but config/sources.yaml declares {item.sha256}. The file is "
+                f"{path}: sha256 {digest}, but cumo/data/sources.yaml declares {item.sha256}. The file is "
                 f"incomplete or another release: get it again ({item.get}) and replace it."
             )
         digests[item.file] = digest
@@ -803,7 +807,7 @@ def _locked_commits(source: Source, locked: dict) -> dict[str, str]:
 
 
 def _check_declared(source: Source, locked: dict, lock: Path) -> None:
-    """Stop before anything is fetched where the lock pins other bytes than config/sources.yaml declares:
+    """Stop before anything is fetched where the lock pins other bytes than cumo/data/sources.yaml declares:
     another commit for a repo declared at a commit, another sha256 for a file declared with one."""
     commits = {pin["repo"]: pin["commit"] for pin in locked.get("hub", [])}
     digests = _pinned_files(source, locked)
@@ -818,9 +822,9 @@ def _check_declared(source: Source, locked: dict, lock: Path) -> None:
     ]
     if contradictions:
         raise LockFileError(
-            f"{source.name}: config/sources.yaml declares {'; '.join(contradictions)} ({lock}). If the "
+            f"{source.name}: cumo/data/sources.yaml declares {'; '.join(contradictions)} ({lock}). If the "
             f"declaration is the one intended, renew the lock: `cumo download {source.name} --update-lock`; "
-            "if not, fix config/sources.yaml."
+            "if not, fix cumo/data/sources.yaml."
         )
 
 
@@ -881,7 +885,7 @@ def _done(source: Source, marker: Path, lock: Path) -> dict:
 def download_source(
     source: Source,
     data_root: str | Path,
-    lock: str | Path = "config/sources.lock.yaml",
+    lock: str | Path,
     update_lock: bool = False,
 ) -> dict:
     """Fetch, verify, extract and convert one source into the data tree; return its marker's record.
@@ -918,7 +922,7 @@ def download_source(
                 warnings.warn(
                     f"{repo.repo}: revision {repo.revision!r} is not a commit: this download pins the commit it "
                     f"resolves to now in {lock}, for every later download; commit that file (or put the commit "
-                    "in config/sources.yaml)",
+                    "in cumo/data/sources.yaml)",
                     stacklevel=2,
                 )
         hub = [fetch_hub(repo, folder / repo.into, commits.get(repo.repo)) for repo in source.hub]
@@ -932,7 +936,7 @@ def download_source(
             if not archives:
                 raise DownloadError(
                     f"{source.name}: no file matches extract archive {step.archive!r} in {folder}; "
-                    "fix extract in config/sources.yaml"
+                    "fix extract in cumo/data/sources.yaml"
                 )
             for archive in archives:
                 name = archive.relative_to(folder).as_posix()
@@ -954,7 +958,7 @@ def download_source(
                     raise DownloadError(
                         f"{source.name}: extracting {step.archive} did not produce {folder / path}, the folder "
                         "CuMo's JSONs refer to: the archive's layout differs. Look inside it and fix extract "
-                        f"of {source.name} in config/sources.yaml."
+                        f"of {source.name} in cumo/data/sources.yaml."
                     )
         # Digests learned are shown once the files passed every check, extraction included.
         known = _pinned_files(source, locked)
@@ -987,7 +991,7 @@ def download_source(
     return record
 
 
-def source_folder(name: str, data_root: str | Path, config: str | Path = "config/sources.yaml") -> Path:
+def source_folder(name: str, data_root: str | Path, config: str | Path = SOURCES) -> Path:
     """The folder of a downloaded source: for a base model, the directory to give `from_pretrained`.
 
     Only a finished download counts (its marker exists; a folder without one may hold half a shard). This
@@ -1008,15 +1012,14 @@ def source_folder(name: str, data_root: str | Path, config: str | Path = "config
 def download(
     names: Iterable[str],
     data_root: str | Path,
-    config: str | Path = "config/sources.yaml",
+    config: str | Path = SOURCES,
     lock: str | Path | None = None,
     update_lock: bool = False,
 ) -> list[dict]:
     """Download the named sources and the sources they require (requirements first) into `data_root`.
 
-    `config` declares the sources (see config/sources.yaml); sources already done are skipped. `lock` holds
-    the pins learned on first download, by default the lock kept with `config` (config/sources.lock.yaml);
-    `update_lock` renews the named sources' pins (not those of the sources they require, which are checked
+    `config` declares the sources (by default cumo's, cumo/data/sources.yaml); sources already done are skipped.
+    `lock` holds the pins learned on first download, by default the lock kept with `config`; `update_lock` renews the named sources' pins (not those of the sources they require, which are checked
     as always). Returns every source's marker record.
     """
     names = list(names)

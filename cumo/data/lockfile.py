@@ -1,7 +1,7 @@
-"""The sources' lock file, `config/sources.lock.yaml`: the pins each source's first download learns, so that
+"""The sources' lock file, `cumo/data/sources.lock.yaml`: the pins each source's first download learns, so that
 every later download, on any machine, gets the same bytes.
 
-`config/sources.yaml` declares what to fetch, but a Hub `revision: main` or a web `sha256: null` there cannot
+`cumo/data/sources.yaml` declares what to fetch, but a Hub `revision: main` or a web `sha256: null` there cannot
 become a pin without the network. The first download of a source records here the commit each Hub revision
 resolved to and the sha256 of every file fetched or placed by hand; a later download fetches the locked
 commit, not wherever `main` has moved since, and stops where a file's sha256 differs from the locked one
@@ -44,7 +44,7 @@ HEADER = """\
 # Pins learned by the first download of each source (cumo/data/lockfile.py): the commit each Hub revision
 # resolved to and the sha256 of every file fetched or placed by hand. Later downloads fetch the locked commits
 # and stop where a file differs. Written by `cumo download`; renew a source's pins on purpose with
-# `cumo download NAME --update-lock`. Commit this file with config/sources.yaml; do not edit it by hand.
+# `cumo download NAME --update-lock`. Commit this file with cumo/data/sources.yaml; do not edit it by hand.
 """
 RESTORE = (
     "restore the file from git, or delete the source's entry and download it again to learn its pins anew"
@@ -57,7 +57,7 @@ class LockFileError(ValueError):
 
 
 def default_path(sources: str | Path) -> Path:
-    """The lock kept with a sources file: config/sources.yaml -> config/sources.lock.yaml."""
+    """The lock kept with a sources file: cumo/data/sources.yaml -> cumo/data/sources.lock.yaml."""
     sources = Path(sources)
     return sources.with_name(f"{sources.stem}.lock.yaml")
 

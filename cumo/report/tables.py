@@ -2,7 +2,7 @@
 reproduced number, the paper's and their difference; written as CSV, Markdown and LaTeX.
 
 Reproduced numbers are the headlines of `<eval_dir>/<model>/<benchmark>/metrics.json` (`cumo eval`); the
-paper's come from `config/paper_results.yaml` (Li et al. 2024, arXiv 2405.05949, Table 1), which also says
+paper's come from `cumo/report/paper_results.yaml` (Li et al. 2024, arXiv 2405.05949, Table 1), which also says
 each column's split and metric. A headline of null/NaN is a benchmark scored by its server (VQAv2
 test-dev): the cell says so. A missing file is a missing cell, never a 0; both are counted. A model the paper
 does not report (`tiny`) has a reproduced row only. A column judged by another model than the paper's judge
@@ -15,6 +15,7 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,8 @@ import yaml
 
 from cumo.eval.benchmarks import NAMES, get
 
+# Package data (pyproject.toml), read wherever cumo is installed; the workflow passes the same file.
+PAPER_RESULTS = resources.files("cumo.report") / "paper_results.yaml"
 METRICS_FILE = "metrics.json"
 ROWS = ("reproduced", "reported", "delta")
 COLUMN_KEYS = {"title", "split", "metric", "scale"}  # of a benchmark in paper_results.yaml

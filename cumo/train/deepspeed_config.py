@@ -1,6 +1,6 @@
 """DeepSpeed configs: CuMo's JSON files with every "auto" filled from the trainer's values.
 
-`config/deepspeed/` holds the upstream files byte for byte (tests/test_deepspeed_config.py checks their sha256):
+`cumo/train/deepspeed/` holds the upstream files byte for byte (tests/test_deepspeed_config.py checks their sha256):
   zero2.json          https://github.com/haotian-liu/LLaVA/blob/main/scripts/zero2.json  (CuMo's pretrain)
   zero3.json          https://github.com/haotian-liu/LLaVA/blob/main/scripts/zero3.json  (CuMo's pft)
   zero3_offload.json  https://github.com/SHI-Labs/CuMo/blob/main/scripts/zero3_offload.json  (CuMo's sft)
@@ -13,9 +13,13 @@ filling then finds nothing left to fill, and checks that our values match its ar
 """
 
 import json
+from importlib import resources
 from pathlib import Path
 
 from cumo.train.batching import BatchPlan
+
+# The upstream files, package data (pyproject.toml) so that an installed cumo finds them wherever it runs.
+UPSTREAM = resources.files("cumo.train") / "deepspeed"
 
 # transformers' TrainingArguments defaults for adam_beta1/adam_beta2/adam_epsilon: CuMo's scripts do not
 # set them (scripts/cumo/*/*.sh), so these are the values its runs used.
@@ -27,6 +31,12 @@ class DeepSpeedConfigError(ValueError):
     """A DeepSpeed config that cannot be used: it does not parse, or an "auto" has no value."""
 
 
+def upstream_config(zero: str) -> Path:
+    """The upstream file of a stage's `zero` (cumo/train/stages.py ZERO_CONFIGS): an installed wheel is
+    unpacked on disk, so the resource is a path that the trainer can save next to the checkpoint."""
+    return Path(str(UPSTREAM / f"{zero}.json"))
+
+
 def load_deepspeed_config(path: str | Path) -> dict:
     """Parse a DeepSpeed JSON config; a syntax error names the file, line and column and how to fix it."""
     path = Path(path)
@@ -34,8 +44,8 @@ def load_deepspeed_config(path: str | Path) -> dict:
         text = path.read_text()
     except OSError as error:
         raise DeepSpeedConfigError(
-            f"{path}: cannot read the DeepSpeed config ({error.strerror}); "
-            "point the stage's DeepSpeed config at one of config/deepspeed/{zero2,zero3,zero3_offload}.json"
+            f"{path}: cannot read the DeepSpeed config ({error.strerror}); the stages' configs ship with cumo "
+            "(cumo/train/deepspeed/, package data in pyproject.toml): reinstall cumo if that folder is missing"
         ) from error
     try:
         config = json.loads(text)

@@ -53,7 +53,7 @@ from cumo.train.checkpoint import FINISHED, is_finished
 
 STAGES = ("pretrain", "pft", "sft")
 PREVIOUS = {"pretrain": None, "pft": "pretrain", "sft": "pft"}
-ZERO_CONFIGS = ("zero2", "zero3", "zero3_offload")  # config/deepspeed/<name>.json
+ZERO_CONFIGS = ("zero2", "zero3", "zero3_offload")  # cumo/train/deepspeed/<name>.json
 SCHEDULERS = ("cosine",)
 # The model's parts, by the module prefixes of their parameters.
 PARTS = {
@@ -448,7 +448,7 @@ def _pretrain_start(preset: str, sources: dict[str, str]) -> StageStart:
 def local_model_directory(source: str) -> Path:
     """A Hub model id or a local directory -> a local directory holding its config, tokenizer and weights.
 
-    The workflow downloads the base models first (`cumo download`, config/sources.yaml) and passes folders;
+    The workflow downloads the base models first (`cumo download`, cumo/data/sources.yaml) and passes folders;
     a Hub id is fetched here, safetensors where the repo has them, else PyTorch .bin (CLIP's repo)."""
     if Path(source).is_dir():
         return Path(source)

@@ -49,7 +49,7 @@ from cumo.model.weights import Partitioning, save_sharded
 from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
-from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
+from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config, upstream_config
 from cumo.train.memory import PhaseMemory
 from cumo.train.stages import (
     StageConfig,
@@ -62,7 +62,6 @@ from cumo.train.stages import (
 
 logger = logging.getLogger(__name__)
 
-DEEPSPEED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config" / "deepspeed"
 METRICS_FILE = "metrics.jsonl"
 DEPRECATED_COLLECTIVES = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"
 GRAD_CLIP = 1.0  # transformers' TrainingArguments.max_grad_norm, used where a config says "auto"
@@ -145,7 +144,7 @@ def train(
     total_steps = steps_per_epoch * stage.epochs
     warmup_steps = math.ceil(stage.warmup_ratio * total_steps)  # as transformers' get_warmup_steps
 
-    config_path = DEEPSPEED_CONFIG_DIR / f"{stage.zero}.json"
+    config_path = upstream_config(stage.zero)
     ds_config = fill_deepspeed_config(
         config_path,
         batch=plan,

@@ -8,13 +8,65 @@ import shlex
 from urllib.parse import urlsplit
 from pathlib import Path
 
+import jsonschema
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
+from cumo.data.download import SOURCES as SOURCES_FILE
+from cumo.eval.benchmarks import NAMES, get
+from cumo.model.presets import PRESETS
 from cumo.plan import Cluster, PlanError, PlanRefused, check_config, slurm_mem_mb
+from cumo.report.tables import PAPER_RESULTS
+from cumo.train.stages import (
+    CLIP_SOURCE,
+    LLM_SOURCES,
+    PARTS,
+    PREVIOUS,
+    SCHEDULERS,
+    STAGES,
+    ZERO_CONFIGS,
+)
 
-validate(config, schema="../schemas/config.schema.yaml")
+# Without --replace-workflow-config Snakemake merges a --configfile into the embedded tiny config: the tiny
+# models would join the paper's, and the schema would report keys the user never wrote. Jobs that Snakemake
+# spawns (Slurm) get --configfiles alone, so only the main process checks.
+if (
+    workflow.is_main_process
+    and workflow.config_settings.configfiles
+    and not workflow.config_settings.replace_workflow_config
+):
+    raise WorkflowError(
+        "--configfile without --replace-workflow-config merges the file into the embedded tiny config "
+        "(config/tiny.yaml). Pass --replace-workflow-config with it, or use --profile slurm (the paper's config)."
+    )
+
+# The benchmarks a judge model scores, with the paper's judge (cumo/eval/benchmarks/<name>.py judge_model): a
+# config judge without `model` uses these. Without a judge in the config they are not targets, and the table
+# leaves them empty.
+PAPER_JUDGES = {name: get(name).judge_model for name in NAMES if get(name).judged}
+JUDGED = tuple(PAPER_JUDGES)
+
+# The schema leaves the names the package defines to the package, each listed once there: its $defs get them
+# here. snakemake.utils.validate reads a schema only from a file, so the filled one is checked as it checks
+# one (Draft 2020-12, the first error found), with its message.
+SCHEMA = yaml.safe_load(
+    Path(workflow.source_path("../schemas/config.schema.yaml")).read_text()
+)
+for name, allowed in {
+    "benchmark": NAMES,
+    "judged": JUDGED,
+    "preset": PRESETS,
+    "stage": STAGES,
+    "part": PARTS,
+    "zero": ZERO_CONFIGS,
+    "scheduler": SCHEDULERS,
+}.items():
+    SCHEMA["$defs"][name]["enum"] = list(allowed)
+SCHEMA["$defs"]["every_stage"]["required"] = list(STAGES)
+try:
+    jsonschema.Draft202012Validator(SCHEMA).validate(config)
+except jsonschema.ValidationError as error:
+    raise WorkflowError("Error validating config file.", error) from None
 
 # The memory plan of every training and evaluation job on the config's cluster (cumo/plan.py, `cumo plan`),
 # before anything is submitted: a job that cannot fit stops the run here, a dry run too, naming the job and
@@ -30,23 +82,11 @@ CLUSTER = Cluster.from_config(config.get("cluster"))
 
 RUN = f"results/{config['run']}"
 DATA = config["data_root"]
-STAGES = ("pretrain", "pft", "sft")
-PREVIOUS = {"pft": "pretrain", "sft": "pft"}  # cumo/train/stages.py PREVIOUS
-# The benchmarks a judge model scores, each with the paper's judge (cumo/eval/benchmarks/<name>.py: judged=True,
-# judge_model; tests/test_workflow.py checks they agree): a config judge without `model` uses these. Without a
-# judge in the config the three are not targets, and the table leaves them empty.
-PAPER_JUDGES = {
-    "mmvet": "gpt-4-0613",
-    "llava_wild": "gpt-4-0613",
-    "mathvista": "gpt-3.5-turbo",
-}
-JUDGED = tuple(PAPER_JUDGES)
-# Sources declared for `cumo download` (its default --config): a source's marker path and what it requires.
-SOURCES = yaml.safe_load(Path("config/sources.yaml").read_text())
-# The pins each download job checks, or learns on a source's first download (cumo/data/lockfile.py), committed
-# with the declarations. No output: every job writes it (they merge their entries under a file lock), and
-# Snakemake would delete it before each one. No input either: renewing a pin re-downloads nothing done.
-SOURCES_LOCK = "config/sources.lock.yaml"
+# The sources `cumo download` knows (package data, cumo/data/sources.yaml): a source's marker path and what it
+# requires. Their lock (cumo/data/sources.lock.yaml, the pins each download job checks or learns) is no output:
+# every job writes it (they merge their entries under a file lock), and Snakemake would delete it before each
+# one. No input either: renewing a pin re-downloads nothing done.
+SOURCES = yaml.safe_load(SOURCES_FILE.read_text())
 
 MODELS = list(config["models"])
 TRAINED = [
@@ -91,7 +131,7 @@ def source_marker(name):
     """`cumo download`'s completion marker of a source: <data_root>/<folder>/.<name>.done."""
     if name not in SOURCES:
         raise ValueError(
-            f"source {name!r} (config) is not declared in config/sources.yaml; declared: {', '.join(SOURCES)}"
+            f"source {name!r} (config) is not declared in cumo/data/sources.yaml; declared: {', '.join(SOURCES)}"
         )
     return f"{DATA}/{SOURCES[name]['folder']}/.{name}.done"
 
@@ -104,7 +144,7 @@ def required_markers(wildcards):
 
 
 def declared_files(name):
-    """fnmatch patterns, relative to the data root, of the files source `name` declares in config/sources.yaml:
+    """fnmatch patterns, relative to the data root, of the files source `name` declares in cumo/data/sources.yaml:
     its Hub files (allow patterns), web and manual files, extracted folders, and its conversions, which are
     named after it (data/jsons/sources/<name>*.json; tests/test_workflow.py checks the modules keep to it).
     """
@@ -151,7 +191,7 @@ def check_mixture_jsons():
             ):
                 raise ValueError(
                     f"config mixtures.{stage}.jsons: {path!r} is no file that its sources "
-                    f"({', '.join(mixture['sources'])}) declare in config/sources.yaml, which are: "
+                    f"({', '.join(mixture['sources'])}) declare in cumo/data/sources.yaml, which are: "
                     f"{', '.join(patterns)}. Fix the path, or add the source that makes it"
                 )
 
@@ -201,18 +241,27 @@ def previous_flag(wildcards, input):
     return f"--previous {input.previous}" if input.previous else ""
 
 
-# The base weights a paper preset's pretrain starts from, as sources of config/sources.yaml: the download rule
-# fetches them on the submitting host, so training jobs need no network (cumo/train/stages.py CLIP_SOURCE and
-# LLM_SOURCES name the same Hub repos; tests/test_workflow.py checks that they agree).
+def hub_source(repo):
+    """The declared source that fetches the Hub repo `repo` and nothing else."""
+    names = [
+        name
+        for name, source in SOURCES.items()
+        if [hub["repo"] for hub in source.get("hub", [])] == [repo]
+    ]
+    if len(names) != 1:
+        raise WorkflowError(
+            f"cumo/data/sources.yaml should declare one source of the Hub repo {repo} alone, not {names}: "
+            "the paper presets' pretrain starts from it (cumo/train/stages.py CLIP_SOURCE, LLM_SOURCES)"
+        )
+    return names[0]
+
+
+# The base weights a paper preset's pretrain starts from (cumo/train/stages.py CLIP_SOURCE, LLM_SOURCES), as
+# the sources that fetch them: the download rule fetches them on the submitting host, so training jobs need no
+# network.
 BASE_MODELS = {
-    "cumo-mistral-7b": {
-        "clip": "clip_vit_large_patch14_336",
-        "llm": "mistral_7b_instruct_v0_2",
-    },
-    "cumo-mixtral-8x7b": {
-        "clip": "clip_vit_large_patch14_336",
-        "llm": "mixtral_8x7b_instruct_v0_1",
-    },
+    preset: {"clip": hub_source(CLIP_SOURCE), "llm": hub_source(repo)}
+    for preset, repo in LLM_SOURCES.items()
 }
 
 
@@ -420,7 +469,7 @@ def run_folder(name):
     return folder
 
 
-# Released checkpoints: a source of config/sources.yaml (downloaded by the download rule into its folder) or a
+# Released checkpoints: a source of cumo/data/sources.yaml (downloaded by the download rule into its folder) or a
 # local directory. A source needs its preset: the memory plan of its evaluation is made before the download.
 MODEL_SOURCES = [
     name
@@ -445,7 +494,7 @@ def check_released():
             and not Path(released).exists()
         ):
             raise ValueError(
-                f"config models.{name}.released: {released!r} is neither a source of config/sources.yaml (its model "
+                f"config models.{name}.released: {released!r} is neither a source of cumo/data/sources.yaml (its model "
                 f"repos: {', '.join(MODEL_SOURCES)}) nor a directory here; a directory is written ./{released}"
             )
 

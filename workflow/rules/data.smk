@@ -1,4 +1,4 @@
-# The data tree: downloads of the declared sources (config/sources.yaml) or the shapes world, then each
+# The data tree: downloads of the declared sources (cumo/data/sources.yaml) or the shapes world, then each
 # stage's mixture validated into the Arrow file training reads. `cumo download`, `cumo synthetic`, `cumo mixture`.
 
 
@@ -17,9 +17,8 @@ rule download:
         "../../envs/data.yaml"
     params:
         data_root=marker_data_root,
-        lock=SOURCES_LOCK,
     shell:
-        "cumo download {wildcards.source} --data-root {params.data_root} --lock {params.lock} > {log} 2>&1"
+        "cumo download {wildcards.source} --data-root {params.data_root} > {log} 2>&1"
 
 
 rule synthetic:

@@ -4,7 +4,7 @@
 rule tables:
     input:
         metrics=METRICS,
-        paper=config["paper_results"],
+        paper=str(PAPER_RESULTS),
     output:
         csv=report(
             f"{RUN}/tables/main.csv", caption="../report/tables.rst", category="Tables"
@@ -29,7 +29,7 @@ rule plots:
     input:
         metrics=METRICS,
         trained=expand(f"{RUN}/models/{{model}}/{{stage}}", model=TRAINED, stage=STAGES),
-        paper=config["paper_results"],
+        paper=str(PAPER_RESULTS),
     output:
         benchmarks=report(
             expand(f"{RUN}/plots/benchmarks.{{ext}}", ext=("png", "pdf")),

@@ -1,4 +1,4 @@
-"""Code for the training sources that need it; every source is declared in config/sources.yaml.
+"""Code for the training sources that need it; every source is declared in cumo/data/sources.yaml.
 
 A module here is named after its source and defines one or both of:
 
@@ -68,7 +68,7 @@ def read_records(path: Path, key: str | None = None) -> list:
     if not isinstance(records, list):
         where = f"a list under {key!r}" if key else "a list"
         raise ValueError(
-            f"{path}: expected {where} of records; is this the release config/sources.yaml names?"
+            f"{path}: expected {where} of records; is this the release cumo/data/sources.yaml names?"
         )
     return records
 
@@ -81,7 +81,7 @@ def each(path: Path, records: Iterable, make: Callable):
         except (KeyError, IndexError, TypeError) as error:
             raise ValueError(
                 f"{path}: record {index} has no {error} ({str(record)[:200]}); is this the release "
-                "config/sources.yaml names?"
+                "cumo/data/sources.yaml names?"
             ) from error
 
 
@@ -91,6 +91,6 @@ def find_one(root: Path, pattern: str) -> Path:
     if len(found) != 1:
         raise FileNotFoundError(
             f"expected one file matching {pattern!r} under {root}, found {[str(path) for path in found]}: "
-            "check what the source's archives contain against its declaration in config/sources.yaml"
+            "check what the source's archives contain against its declaration in cumo/data/sources.yaml"
         )
     return found[0]
