@@ -260,7 +260,7 @@ def launch(args) -> None:
 
     from cumo.train.batching import plan_batch
     from cumo.train.deepspeed_config import load_deepspeed_config
-    from cumo.train.launch import local_command, srun_command
+    from cumo.train.launch import local_command, srun_command, supervise
     from cumo.train.stages import parse_overrides, stage_config
     from cumo.train.trainer import DEEPSPEED_CONFIG_DIR
 
@@ -276,9 +276,12 @@ def launch(args) -> None:
         argv, env = srun_command(
             command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
         )
-    else:
-        argv, env = local_command(command, num_processes=args.processes, device=args.device)
-    os.execvpe(argv[0], argv, {**os.environ, **env})
+        # srun in this process's place: it exits with the highest of its tasks' exit codes, EXIT_PREEMPTED
+        # after a save, and it must not get a SIGTERM from here, which it turns into a SIGKILL of every task
+        # (Slurm's src/srun/srun_job.c, `_srun_signal_mgr`).
+        os.execvpe(argv[0], argv, {**os.environ, **env})
+    argv, env = local_command(command, num_processes=args.processes, device=args.device)
+    sys.exit(supervise(argv, env))
 
 
 def add_launch_arguments(steps) -> None:

@@ -50,6 +50,7 @@ from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
+from cumo.train.launch import write_exit_code
 from cumo.train.memory import PhaseMemory
 from cumo.train.stages import (
     StageConfig,
@@ -303,6 +304,7 @@ def exit_rank(code: int) -> None:
     the export had finished; the mechanism: pytorch/pytorch#179291). By the time a rank ends, everything it
     writes is written and closed; stdio and logging are flushed here.
     """
+    write_exit_code(os.environ, code)  # for `cumo launch` (launch.supervise)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
