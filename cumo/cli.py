@@ -526,12 +526,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def own_errors() -> tuple[type[Exception], ...]:
     """The errors cumo raises for what a user can fix (bad input, a failed download, judge or shard, too much
-    skipped); imported when one is caught, so that a step does not load the modules of another."""
+    skipped, a second writer); imported when one is caught, so that a step does not load the modules of another."""
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
     from cumo.eval.evaluate import ShardFailed
     from cumo.eval.judge import JudgeError
     from cumo.model.configuration_cumo import ConfigError
+    from cumo.writer_lock import LockHeld
 
     # ValueError covers IncompletePredictions and SourceConfigError too.
     return (
@@ -542,6 +543,7 @@ def own_errors() -> tuple[type[Exception], ...]:
         TooManySkipped,
         JudgeError,
         ShardFailed,
+        LockHeld,
     )
 
 

@@ -32,10 +32,13 @@ import logging
 import os
 import socket
 import subprocess
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
+
+# The lock of a folder that one job writes as a whole (a training checkpoint folder, an evaluation's output).
+WRITER_LOCK = "writer.lock"
 
 ACTIVE_SLURM_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING"}
 
@@ -61,7 +64,7 @@ def _holder_record() -> dict:
         "pid": os.getpid(),
         "process_start": _process_start(os.getpid()),
         "job": os.environ.get("SLURM_JOB_ID"),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -224,7 +224,9 @@ def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
 def eval_command(target: str, *config) -> str:
     result = snakemake("--dry-run", "--forceall", "--printshellcmds", target, *config)
     assert result.returncode == 0, result.stdout + result.stderr
-    (command,) = [line for line in result.stdout.splitlines() if line.startswith("Shell command: cumo eval")]
+    (command,) = [
+        line for line in result.stdout.splitlines() if line.startswith("Shell command: exec cumo eval")
+    ]
     return command
 
 

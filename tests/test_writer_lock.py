@@ -7,12 +7,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from cumo import writer_lock
 from cumo.writer_lock import LockHeld, WriterLock
+from tests.factories import write_lock
 
 # A second process that holds the lock until its stdin closes.
 HOLDER = """
@@ -22,17 +22,6 @@ with WriterLock(sys.argv[1], "the checkpoints"):
     print("held", flush=True)
     sys.stdin.read()
 """
-
-
-def record(**fields) -> dict:
-    """A holder as a lock file records it, here by default: this host, this process."""
-    return {
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "process_start": writer_lock._process_start(os.getpid()),
-        "job": None,
-        "started": "2026-01-01T00:00:00+00:00",
-    } | fields
 
 
 def test_a_second_writer_stops_naming_the_holder_and_the_fix(tmp_path):
@@ -62,7 +51,7 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
     dead = subprocess.Popen(["true"])
     dead.wait()
     lock = tmp_path / "writer.lock"
-    lock.write_text(json.dumps(record(pid=dead.pid, process_start=1)))
+    write_lock(lock, dead.pid, process_start=1)
     with caplog.at_level(logging.WARNING), WriterLock(lock, "the answers"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     assert f"process {dead.pid} has ended on this host" in caplog.text
@@ -72,15 +61,16 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
 def test_a_reused_pid_is_not_the_holder(tmp_path):
     """The pid lives, but its process started at another time than the holder's: another process."""
     lock = tmp_path / "writer.lock"
-    lock.write_text(json.dumps(record(process_start=record()["process_start"] - 1)))
+    started = writer_lock._process_start(os.getpid())
+    write_lock(lock, os.getpid(), process_start=started - 1)
     with WriterLock(lock, "the answers"):
-        assert json.loads(lock.read_text())["process_start"] == record()["process_start"]
+        assert json.loads(lock.read_text())["process_start"] == started
 
 
 def test_a_requeued_run_of_the_same_slurm_job_takes_its_own_lock_over(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     lock = tmp_path / "writer.lock"
-    lock.write_text(json.dumps(record(host="node-that-died", pid=7, job="4242")))
+    write_lock(lock, 7, host="node-that-died", process_start=1, job="4242")
     with WriterLock(lock, "the checkpoints"):
         assert json.loads(lock.read_text())["job"] == "4242"
 
@@ -92,7 +82,7 @@ def test_on_another_host_slurm_says_whether_the_holder_is_gone(tmp_path, monkeyp
     asked = []
     monkeypatch.setattr(writer_lock, "_slurm_job_active", lambda job: asked.append(job) or active)
     lock = tmp_path / "writer.lock"
-    lock.write_text(json.dumps(record(host="gpu07", pid=os.getpid(), job="977")))
+    write_lock(lock, os.getpid(), host="gpu07", job="977")
     if held:
         with pytest.raises(LockHeld, match=r"Slurm job 977, process \d+ on gpu07 .* or `scancel 977`"):
             WriterLock(lock, "the checkpoints").__enter__()
@@ -104,7 +94,7 @@ def test_on_another_host_slurm_says_whether_the_holder_is_gone(tmp_path, monkeyp
 
 def test_on_another_host_without_slurm_the_lock_is_held(tmp_path, monkeypatch):
     lock = tmp_path / "writer.lock"
-    lock.write_text(json.dumps(record(host="elsewhere", pid=1)))
+    write_lock(lock, 1, host="elsewhere", process_start=1)
     with pytest.raises(LockHeld, match="if it is gone already, delete"):
         WriterLock(lock, "the checkpoints").__enter__()
 
@@ -113,5 +103,5 @@ def test_a_lock_that_changed_hands_is_not_removed_at_the_end(tmp_path):
     lock = tmp_path / "writer.lock"
     with WriterLock(lock, "the answers"):
         lock.unlink()  # taken over by someone who judged this process gone
-        lock.write_text(json.dumps(record(pid=1, started=time.ctime())))
+        write_lock(lock, 1, process_start=1)
     assert json.loads(lock.read_text())["pid"] == 1
