@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
-from cumo.train.checkpoint import EXIT_PREEMPTED, signal_on_parent_death
+from cumo.train.checkpoint import EXIT_PREEMPTED, PR_SET_PDEATHSIG
 
 # Set by `srun_command` so that a task knows its ranks come from Slurm: a shell inside `salloc` also has
 # SLURM_NTASKS and SLURM_PROCID, and must stay a single process.
@@ -123,7 +123,9 @@ def supervise(argv: list[str], env: Mapping[str, str]) -> int:
         child = subprocess.Popen(
             argv,
             env={**os.environ, **env, EXIT_CODES: exit_codes},
-            preexec_fn=lambda: signal_on_parent_death(signal.SIGTERM),
+            # libc loaded here, not in the forked child, where loading a library may deadlock on a lock that
+            # another thread of this process held at the fork
+            preexec_fn=lambda: libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0),
         )
         running = [True]  # after the wait the pid may be another process's: no signal is sent to it then
 
