@@ -262,7 +262,7 @@ def launch(args) -> None:
 
     from cumo.train.batching import plan_batch
     from cumo.train.deepspeed_config import load_deepspeed_config, upstream_config
-    from cumo.train.launch import local_command, srun_command
+    from cumo.train.launch import local_command, srun_command, supervise
     from cumo.train.stages import parse_overrides, stage_config
 
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -277,9 +277,12 @@ def launch(args) -> None:
         argv, env = srun_command(
             command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
         )
-    else:
-        argv, env = local_command(command, num_processes=args.processes, device=args.device)
-    os.execvpe(argv[0], argv, {**os.environ, **env})
+        # srun in this process's place: it exits with the highest of its tasks' exit codes, EXIT_PREEMPTED
+        # after a save, and it must not get a SIGTERM from here, which it turns into a SIGKILL of every task
+        # (Slurm's src/srun/srun_job.c, `_srun_signal_mgr`).
+        os.execvpe(argv[0], argv, {**os.environ, **env})
+    argv, env = local_command(command, num_processes=args.processes, device=args.device)
+    sys.exit(supervise(argv, env))
 
 
 def add_launch_arguments(steps) -> None:
@@ -527,12 +530,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def own_errors() -> tuple[type[Exception], ...]:
     """The errors cumo raises for what a user can fix (bad input, a failed download, judge or shard, too much
-    skipped); imported when one is caught, so that a step does not load the modules of another."""
+    skipped, a second writer); imported when one is caught, so that a step does not load the modules of another."""
     from cumo.data.download import DownloadError
     from cumo.data.skips import TooManySkipped
     from cumo.eval.evaluate import ShardFailed
     from cumo.eval.judge import JudgeError
     from cumo.model.configuration_cumo import ConfigError
+    from cumo.writer_lock import LockHeld
 
     # ValueError covers IncompletePredictions and SourceConfigError too.
     return (
@@ -543,6 +547,7 @@ def own_errors() -> tuple[type[Exception], ...]:
         TooManySkipped,
         JudgeError,
         ShardFailed,
+        LockHeld,
     )
 
 

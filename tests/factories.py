@@ -42,3 +42,21 @@ def world_with_mixtures(root, sizes: dict[str, int]):
     for stage in sizes:
         build_mixture([paths[stage]], root / f"{stage}.arrow", root / f"{stage}.stats.json", root)
     return root
+
+
+def write_lock(path, pid: int, **fields) -> None:
+    """The lock file (cumo/writer_lock.py) that process `pid` on this host holds; `fields` replace its own."""
+    import json
+    import socket
+
+    from cumo.writer_lock import _process_start
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "process_start": _process_start(pid),
+        "job": None,
+        "started": "2026-01-01T00:00:00+00:00",
+    }
+    path.write_text(json.dumps(holder | fields))

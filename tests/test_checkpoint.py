@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,10 @@ from cumo.train.checkpoint import (
     save,
     set_rng_state,
 )
+from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
 
 TOY_RUN = Path(__file__).parent / "train_scripts" / "toy_resume.py"
+SUPERVISE = Path(__file__).parent / "train_scripts" / "supervise.py"
 
 
 class FakeEngine:
@@ -213,13 +216,25 @@ def test_finished_mark(tmp_path):
 # --- real DeepSpeed, 2 CPU ranks ---------------------------------------------------------------------
 
 
-def toy_run(checkpoints: Path, result: Path, zero: int, *extra: str) -> subprocess.CompletedProcess:
-    # The first DeepSpeed run on a machine compiles its shared-memory comm op (about 2 min on 2 cores).
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+def toy_command(
+    checkpoints: Path, result: Path, zero: int, *extra: str, supervised: bool = False
+) -> list[str]:
+    """torchrun on 2 ranks of the toy run; `supervised`: under `cumo launch`'s supervisor (launch.supervise)."""
+    command = [sys.executable, str(SUPERVISE)] if supervised else []
+    command += [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     command += [str(TOY_RUN), "--checkpoints", str(checkpoints), "--result", str(result)]
-    command += ["--zero", str(zero), "--keep", "3", *extra]
-    environment = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
+    return command + ["--zero", str(zero), "--keep", "3", *extra]
+
+
+TOY_ENVIRONMENT = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def toy_run(
+    checkpoints: Path, result: Path, zero: int, *extra: str, supervised: bool = False
+) -> subprocess.CompletedProcess:
+    # The first DeepSpeed run on a machine compiles its shared-memory comm op (about 2 min on 2 cores).
+    command = toy_command(checkpoints, result, zero, *extra, supervised=supervised)
+    return subprocess.run(command, capture_output=True, text=True, env=TOY_ENVIRONMENT, timeout=300)
 
 
 def succeeded(run: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -329,4 +344,90 @@ def test_the_ranks_of_a_killed_launcher_save_stop_and_resume(reference, tmp_path
     assert latest_complete(checkpoints) == checkpoints / "checkpoint-3", names(checkpoints)
 
     succeeded(toy_run(checkpoints, tmp_path / "result.pt", zero))
+    assert_same_run(tmp_path / "result.pt", expected, resumed_from=3)
+
+
+def wait_for_file(path: Path, process: subprocess.Popen, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-6000:]
+        assert time.monotonic() < deadline, f"no {path} after {timeout_s} s"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", [2], ids=["zero2"], indirect=True)
+def test_sigterm_to_every_process_of_a_launch_saves_and_exits_75(reference, tmp_path):
+    """SIGTERM to every process of the job at once, as Slurm sends it (`scancel --signal=TERM --full`, a
+    preemption): `cumo launch`'s supervisor, torchrun and the ranks. torchrun gets the signal twice (from Slurm
+    and from the supervisor) and may die of the second while its ranks save; the supervisor waits for them
+    and exits 75, where torchrun alone exits 1. The same command then resumes to the uninterrupted weights."""
+    zero, _, expected = reference
+    checkpoints = tmp_path / "checkpoints"
+    command = toy_command(
+        checkpoints, tmp_path / "unused.pt", zero, "--wait-for-signal-at", "3", supervised=True
+    )
+    job = subprocess.Popen(command, env=TOY_ENVIRONMENT, stderr=subprocess.PIPE, text=True)
+    wait_for_file(Path(f"{checkpoints}.waiting"), job)
+    for pid in processes_naming(str(checkpoints)):  # the supervisor, torchrun and both ranks
+        os.kill(pid, signal.SIGTERM)
+    _, log = job.communicate(timeout=300)
+    assert job.returncode == EXIT_PREEMPTED, log[-6000:]
+    assert "the ranks saved a checkpoint and stopped on a signal (exit 75)" in log
+    assert processes_naming(str(checkpoints)) == []
+    assert latest_complete(checkpoints) == checkpoints / "checkpoint-3", names(checkpoints)
+
+    resumed = toy_run(checkpoints, tmp_path / "result.pt", zero, supervised=True)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert_same_run(tmp_path / "result.pt", expected, resumed_from=3)
+
+
+def sbatch_toy(cluster, directory: Path, command: list[str]) -> str:
+    """Submit `command` as a batch job that execs it (the shell must not stay between Slurm and the job: it
+    would die of a SIGTERM to the whole job, and Slurm kills what is left of a batch step when its script
+    ends); its job id."""
+    script = directory / "job.sh"
+    script.write_text("#!/bin/sh\nexec " + " ".join(command) + "\n")
+    return cluster.run(
+        "sbatch",
+        "--parsable",
+        "--export=ALL,DS_ACCELERATOR=cpu,OMP_NUM_THREADS=1",
+        f"--output={directory / 'job-%j.log'}",
+        f"--chdir={directory}",
+        "--cpus-per-task=2",
+        "--mem=4000",
+        str(script),
+    ).strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reference", [2], ids=["zero2"], indirect=True)
+def test_slurm_sigterm_to_the_whole_job_saves_exits_75_and_resumes(reference, slurm_cluster, tmp_path):  # noqa: F811
+    """On the real cluster, a batch job that execs the supervised toy run gets `scancel --signal=TERM --full`
+    mid-run (what a preemption and `--signal=B:TERM` deliver: every process of the batch step): it saves,
+    Slurm records exit code 75, and the resubmitted job resumes to the uninterrupted run's weights."""
+    zero, _, expected = reference
+    checkpoints = tmp_path / "checkpoints"
+    command = toy_command(
+        checkpoints, tmp_path / "unused.pt", zero, "--wait-for-signal-at", "3", supervised=True
+    )
+    job = sbatch_toy(slurm_cluster, tmp_path, command)
+    log = lambda job: (tmp_path / f"job-{job}.log").read_text()[-6000:]  # noqa: E731
+    deadline = time.monotonic() + 300
+    while not Path(f"{checkpoints}.waiting").exists():
+        state = slurm_cluster.run(
+            "squeue", "--noheader", "--states=all", f"--jobs={job}", "--format=%T"
+        ).strip()
+        assert state in ("PENDING", "CONFIGURING", "RUNNING"), f"{state}: {log(job)}"
+        assert time.monotonic() < deadline, f"job {job} not at step 3 after 300 s"
+        time.sleep(0.2)
+    slurm_cluster.run("scancel", "--signal=TERM", "--full", job)
+    assert slurm_cluster.wait(job, timeout_s=300) == "FAILED", log(job)
+    assert "ExitCode=75:0" in slurm_cluster.run("scontrol", "show", "job", job), log(job)
+    assert latest_complete(checkpoints) == checkpoints / "checkpoint-3", names(checkpoints)
+
+    again = sbatch_toy(
+        slurm_cluster, tmp_path, toy_command(checkpoints, tmp_path / "result.pt", zero, supervised=True)
+    )
+    assert slurm_cluster.wait(again, timeout_s=300) == "COMPLETED", log(again)
     assert_same_run(tmp_path / "result.pt", expected, resumed_from=3)

@@ -4,6 +4,8 @@ cut line is redone whatever it cuts; a repeated or foreign answer names the one 
 
 import json
 import shutil
+import socket
+import subprocess
 
 import pytest
 
@@ -13,7 +15,7 @@ from cumo.eval.evaluate import EvalConfig, made_by
 from cumo.eval.generate import MADE_BY, read_predictions
 from cumo.model.processing_cumo import CumoProcessor
 from cumo.provenance import sha256_tree
-from tests.factories import make_model
+from tests.factories import make_model, write_lock
 
 QUESTIONS = 40  # GQA's in the synthetic world
 
@@ -252,3 +254,27 @@ def test_debug_shows_the_traceback(answered, tiny_model_dir, eval_root, tmp_path
     monkeypatch.setenv("CUMO_DEBUG", "1")
     with pytest.raises(ValueError, match="have no made_by.json"):
         main(args)
+
+
+@pytest.mark.parametrize("lock", ["writer.lock", "shards/0-of-1.jsonl.lock"], ids=["evaluation", "shard"])
+def test_a_second_writer_stops_and_the_lock_of_a_gone_one_is_taken_over(
+    answered, tiny_model_dir, eval_root, tmp_path, lock
+):
+    """Issue 18: two jobs evaluating into one folder (a rerun's, and one left running by a lost Snakemake) would
+    append to the same shard. The second stops naming the first; once that one is gone, its lock is taken
+    over and its answers resumed. An evaluation's lock is taken before anything in the folder is touched."""
+    out = copy_of(answered, tmp_path)
+    running = subprocess.Popen(["sleep", "300"])
+    try:
+        write_lock(out / lock, running.pid)
+        message, _ = cumo_eval(tiny_model_dir, eval_root, out)
+    finally:
+        running.kill()
+        running.wait()
+    assert message.startswith("cumo eval: the answers")
+    assert f"are being written by process {running.pid} on {socket.gethostname()}" in message
+    assert (out / "metrics.json").is_file() == (lock == "writer.lock")
+
+    message, metrics = cumo_eval(tiny_model_dir, eval_root, out)
+    assert message is None and metrics["answers"]["resumed"] == QUESTIONS
+    assert not (out / lock).exists()

@@ -6,15 +6,19 @@ import sys
 
 import pytest
 
+from cumo.train.checkpoint import EXIT_PREEMPTED
 from cumo.train.launch import (
+    EXIT_CODES,
     RANKS_FROM,
     LaunchError,
     distributed_env_from_slurm,
+    exit_code,
     init_process_env,
     local_command,
     master_port,
     read_ranks,
     srun_command,
+    write_exit_code,
 )
 
 TRAIN = ["train", "--stage", "sft", "--config", "config/config.yaml"]
@@ -185,3 +189,28 @@ def test_read_ranks_under_torchrun():
 def test_inconsistent_rank_variables_are_refused(environ, message):
     with pytest.raises(LaunchError, match=message):
         read_ranks(environ)
+
+
+@pytest.mark.parametrize(
+    "torchrun, ranks, expected",
+    [
+        (0, [0, 0], 0),
+        (1, [EXIT_PREEMPTED, EXIT_PREEMPTED], EXIT_PREEMPTED),  # the ranks saved; torchrun says a rank failed
+        (
+            -15,
+            [EXIT_PREEMPTED],
+            EXIT_PREEMPTED,
+        ),  # torchrun died of the signal; the other rank was stopped by it
+        (1, [], 1),  # the ranks crashed (no code left) or never started
+        (1, [EXIT_PREEMPTED, 1], 1),  # a rank failed: not a clean preemption
+        (-9, [], 128 + 9),
+    ],
+)
+def test_the_jobs_exit_code_is_the_ranks_preemption_or_torchruns(torchrun, ranks, expected):
+    assert exit_code(torchrun, ranks) == expected
+
+
+def test_a_rank_leaves_its_exit_code_only_for_a_supervisor(tmp_path):
+    write_exit_code({"RANK": "1"}, EXIT_PREEMPTED)  # not under `cumo launch`: nothing written, no error
+    write_exit_code({EXIT_CODES: str(tmp_path), "RANK": "1"}, EXIT_PREEMPTED)
+    assert (tmp_path / "rank-1").read_text() == str(EXIT_PREEMPTED)

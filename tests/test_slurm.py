@@ -6,11 +6,13 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from cumo.writer_lock import _slurm_job_active
 from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture)
 from tests.test_slurm_profile import installed as installed_profile
 from tests.test_slurm_profile import make_slurm_profile, user_env
@@ -63,6 +65,41 @@ def test_sbatch_and_srun(slurm_cluster, tmp_path):  # noqa: F811
     )
     assert slurm_cluster.wait(failing.strip()) == "FAILED"
     assert "ExitCode=3:0" in slurm_cluster.run("scontrol", "show", "job", failing.strip())
+
+
+# A job that writes into a folder for `seconds` under the folder's lock (cumo/writer_lock.py).
+WRITER = """import sys, time
+from cumo.writer_lock import WriterLock
+with WriterLock(sys.argv[1], "the checkpoints in " + sys.argv[1]):
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_the_same_job_submitted_twice_at_once_writes_once(slurm_cluster, tmp_path, monkeypatch):  # noqa: F811
+    """Issue 18: the job a lost Snakemake left running and its rerun's copy, at once on the cluster: one
+    writes, the other stops naming the first (its Slurm job and how to end it). Across nodes, where a pid says
+    nothing, whether a holder is gone is squeue's answer: running, finished, or forgotten (past MinJobAge)."""
+    (tmp_path / "writer.py").write_text(WRITER)
+    lock = tmp_path / "checkpoints" / "writer.lock"
+    submit = ["sbatch", "--parsable", "--mem=200", "--cpus-per-task=1", f"--chdir={tmp_path}"]
+    command = f"exec {sys.executable} writer.py {lock} 5"
+    jobs = [slurm_cluster.run(*submit, f"--output=job-{i}.log", "--wrap", command).strip() for i in (0, 1)]
+    states = {job: slurm_cluster.wait(job) for job in jobs}
+    assert sorted(states.values()) == ["COMPLETED", "FAILED"], states
+    (writer,) = [job for job, state in states.items() if state == "COMPLETED"]
+    (second,) = [job for job, state in states.items() if state == "FAILED"]
+    log = (tmp_path / f"job-{jobs.index(second)}.log").read_text()
+    assert f"are being written by Slurm job {writer}, process" in log and f"`scancel {writer}`" in log, log
+    assert not lock.exists()
+
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    assert _slurm_job_active(writer) is False  # COMPLETED
+    assert _slurm_job_active("987654") is False  # unknown to slurmctld: "Invalid job id specified"
+    running = slurm_cluster.run(*submit, "--output=/dev/null", "--wrap", "sleep 60").strip()
+    try:
+        assert _slurm_job_active(running) is True  # pending or running
+    finally:
+        slurm_cluster.run("scancel", running)
 
 
 def start_flaky(cluster, directory: Path, rule_retries: bool, cli_retries: bool) -> subprocess.Popen:

@@ -21,7 +21,8 @@ from cumo.model.modeling_cumo import CumoForConditionalGeneration
 from cumo.train.checkpoint import EXIT_PREEMPTED, FINISHED
 from cumo.train.stages import TINY_RECIPE, MissingPredecessor
 from cumo.train.trainer import _forward, train
-from tests.factories import make_batch, make_model, world_with_mixtures
+from cumo.writer_lock import WRITER_LOCK, LockHeld
+from tests.factories import make_batch, make_model, world_with_mixtures, write_lock
 
 SCRIPT = Path(__file__).parent / "train_scripts" / "trainer_run.py"
 SIZES = {"pretrain": 512, "pft": 256, "sft": 512}  # 32, 16 and 32 steps per epoch of the tiny global batch 16
@@ -265,3 +266,27 @@ def test_a_stage_without_its_predecessor_stops_before_any_process_group_or_model
     with pytest.raises(MissingPredecessor, match="--stage pretrain"):
         train("pft", "tiny", tmp_path / "pft.arrow", tmp_path / "out", tmp_path / "ck", data_root=tmp_path)
     assert not torch.distributed.is_initialized() and not (tmp_path / "ck").exists()
+
+
+def test_a_second_job_training_into_the_same_checkpoints_stops_before_any_process_group(tmp_path):
+    """Issue 18: a rerun's job while the job of a lost Snakemake still trains into the checkpoint folder."""
+    running = subprocess.Popen(["sleep", "300"])  # the first job's rank 0
+    try:
+        write_lock(tmp_path / "ck" / WRITER_LOCK, running.pid)
+        with pytest.raises(
+            LockHeld,
+            match=rf"the checkpoints in {tmp_path / 'ck'} are being written by process {running.pid}",
+        ):
+            train(
+                "pretrain",
+                "tiny",
+                tmp_path / "p.arrow",
+                tmp_path / "out",
+                tmp_path / "ck",
+                data_root=tmp_path,
+            )
+    finally:
+        running.kill()
+        running.wait()
+    assert not torch.distributed.is_initialized()
+    assert (tmp_path / "ck" / WRITER_LOCK).is_file()  # the holder's lock is left to it

@@ -224,7 +224,9 @@ def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
 def eval_command(target: str, *config) -> str:
     result = snakemake("--dry-run", "--forceall", "--printshellcmds", target, *config)
     assert result.returncode == 0, result.stdout + result.stderr
-    (command,) = [line for line in result.stdout.splitlines() if line.startswith("Shell command: cumo eval")]
+    (command,) = [
+        line for line in result.stdout.splitlines() if line.startswith("Shell command: exec cumo eval")
+    ]
     return command
 
 
@@ -325,7 +327,7 @@ def test_training_commands_follow_the_config():
     pretrain = re.search(r"wildcards: model=cumo-mixtral-8x7b, stage=pretrain\n    resources: (.*)", text)[1]
     assert "nodes=1" in pretrain and "mpi" not in pretrain and "cpus_per_task=64" in pretrain
     assert (
-        "cumo launch --nodes 2 --gpus-per-node 8 --cpus-per-task 8 --processes 8 --device cuda -- train"
+        "exec cumo launch --nodes 2 --gpus-per-node 8 --cpus-per-task 8 --processes 8 --device cuda -- train"
         " --stage sft --preset cumo-mixtral-8x7b" in text
     )
     assert (
@@ -343,8 +345,8 @@ def test_paper_pretrain_starts_from_downloaded_base_models(model):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     sources = load("cumo/data/sources.yaml")
-    (pretrain,) = re.findall(r"Shell command: cumo launch .* --stage pretrain .*", result.stdout)
-    (pft,) = re.findall(r"Shell command: cumo launch .* --stage pft .*", result.stdout)
+    (pretrain,) = re.findall(r"Shell command: exec cumo launch .* --stage pretrain .*", result.stdout)
+    (pft,) = re.findall(r"Shell command: exec cumo launch .* --stage pft .*", result.stdout)
     parts = dict(re.findall(r"--(clip|llm) data/(\S+)", pretrain))
     assert set(parts) == {"clip", "llm"} and "--clip" not in pft and "--llm" not in pft
     repos = {}

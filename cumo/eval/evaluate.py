@@ -45,6 +45,7 @@ from cumo.eval.generate import (
 from cumo.eval.judge import ATTEMPTS, BACKOFF_S, MAX_GAVE_UP_SHARE, TIMEOUT_S
 from cumo.model.configuration_cumo import CumoConfig
 from cumo.provenance import git_commit, package_versions, sha256_tree
+from cumo.writer_lock import WRITER_LOCK, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -169,17 +170,21 @@ def run_shard(config: EvalConfig, out: Path, shard: int, model_digest: str | Non
     model, processor = load_model(
         config.model, config.device, DTYPES[config.dtype], gpus=config.gpus_per_shard
     )
-    return generate_shard(
-        model,
-        processor,
-        questions,
-        shard_path(out / "shards", shard, config.shards),
-        model_id=Path(config.model).name,
-        max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
-        batch_size=config.batch_size,
-        blank_images=config.blank_images,
-        description=f"{benchmark.name} shard {shard + 1}/{config.shards}",
-    )
+    path = shard_path(out / "shards", shard, config.shards)
+    # One process appends to a shard file at a time: a shard process left running by a killed run (or a
+    # shard started by hand) would interleave its lines with this one's (issue 18).
+    with WriterLock(f"{path}.lock", f"the answers in {path}"):
+        return generate_shard(
+            model,
+            processor,
+            questions,
+            path,
+            model_id=Path(config.model).name,
+            max_new_tokens=config.max_new_tokens or benchmark.max_new_tokens,
+            batch_size=config.batch_size,
+            blank_images=config.blank_images,
+            description=f"{benchmark.name} shard {shard + 1}/{config.shards}",
+        )
 
 
 def _shard_command(config: EvalConfig, out: Path, shard: int, model_digest: str) -> list[str]:
@@ -263,8 +268,14 @@ def _judge(config: EvalConfig, benchmark: Benchmark, out: Path, stack: contextli
 
 def evaluate(config: EvalConfig, out: str | Path) -> dict:
     """Generate (sharded), merge, score and write metrics.json; returns what it wrote."""
-    with contextlib.ExitStack() as stack:  # a judge server of this run stops with it
-        return _evaluate(config, Path(out), stack)
+    out = Path(out)
+    # One evaluation job writes `out` at a time (issue 18: after a lost Snakemake, the rerun's job and the one
+    # still running both wrote the same shard), from before it deletes anything there.
+    with (
+        WriterLock(out / WRITER_LOCK, f"the answers and metrics in {out}"),
+        contextlib.ExitStack() as stack,  # a judge server of this run stops with it
+    ):
+        return _evaluate(config, out, stack)
 
 
 def _evaluate(config: EvalConfig, out: Path, stack: contextlib.ExitStack) -> dict:

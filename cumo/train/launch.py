@@ -10,18 +10,33 @@ caller's environment:
 - several Slurm nodes: `srun_command` starts one task per GPU; each task maps Slurm's variables onto
   torch.distributed's (`distributed_env_from_slurm`) when it starts (`init_process_env`).
 
+On one machine `supervise` runs torchrun as its child rather than in its place: it outlives every rank, so
+that a SIGTERM (Slurm's `--signal`, a preemption, `scancel`) ends the job with the ranks' EXIT_PREEMPTED
+instead of torchrun's 1, and never before a rank has finished saving.
+
 Inside a process, `read_ranks` returns (rank, local_rank, world_size) and refuses an inconsistent set.
 """
 
+import ctypes
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Mapping, MutableMapping
+from pathlib import Path
+
+from cumo.train.checkpoint import EXIT_PREEMPTED, PR_SET_PDEATHSIG
 
 # Set by `srun_command` so that a task knows its ranks come from Slurm: a shell inside `salloc` also has
 # SLURM_NTASKS and SLURM_PROCID, and must stay a single process.
 RANKS_FROM = "CUMO_RANKS_FROM"
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE")
 SAVE_GRACE_S = 300  # seconds a rank has to save after SIGTERM (profiles/default: --signal=TERM@300)
+# Set by `supervise`: the directory where each rank leaves its exit code (`trainer.exit_rank`), as torchrun
+# reports a rank's exit code only in its log and exits 1 (a rank failed) or dies of the signal itself.
+EXIT_CODES = "CUMO_EXIT_CODES"
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 class LaunchError(RuntimeError):
@@ -82,6 +97,86 @@ def srun_command(
         *cumo_args,
     ]
     return argv, {**_accelerator_env("cuda"), RANKS_FROM: "slurm"}
+
+
+def supervise(argv: list[str], env: Mapping[str, str]) -> int:
+    """Run `argv` (torchrun, `local_command`) as a child with `env` added, and return the job's exit code:
+    EXIT_PREEMPTED when the ranks saved a checkpoint and stopped for a SIGTERM, else torchrun's own.
+
+    Why not exec torchrun: on a SIGTERM the ranks save and exit EXIT_PREEMPTED, but torchrun raises on the
+    signal (or sees a rank fail) and exits 1 (torch/distributed/elastic/agent/server/api.py, `run`), so the
+    job's status said failed. And a second SIGTERM while torchrun waits for its ranks to stop (Slurm signals
+    every process of the job; this process passes the signal on as well) raises again inside that wait:
+    torchrun dies with its ranks still saving. Here:
+
+    - a SIGTERM to this process is passed on to torchrun, which passes it on to the ranks;
+    - this process is a child subreaper (Linux PR_SET_CHILD_SUBREAPER): the ranks of a torchrun that died
+      become its children, and it returns only when every one of them has exited, so the job (a Slurm batch
+      step ends, and its remaining processes are killed, when its script ends) lasts until the save is done;
+    - torchrun gets SIGTERM from the kernel should this process die (PR_SET_PDEATHSIG), as the ranks do when
+      torchrun dies (checkpoint.signal_on_parent_death).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
+    with tempfile.TemporaryDirectory(prefix="cumo-exit-codes-") as exit_codes:
+        child = subprocess.Popen(
+            argv,
+            env={**os.environ, **env, EXIT_CODES: exit_codes},
+            # libc loaded here, not in the forked child, where loading a library may deadlock on a lock that
+            # another thread of this process held at the fork
+            preexec_fn=lambda: libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0),
+        )
+        running = [True]  # after the wait the pid may be another process's: no signal is sent to it then
+
+        def pass_on(signum, frame):
+            if running[0]:
+                os.kill(child.pid, signum)
+
+        previous = signal.signal(signal.SIGTERM, pass_on)
+        try:
+            returncode = child.wait()
+            running[0] = False
+            _wait_for_orphans()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        rank_codes = [int(path.read_text()) for path in Path(exit_codes).glob("rank-*")]
+    code = exit_code(returncode, rank_codes)
+    if code == EXIT_PREEMPTED:
+        print(
+            f"cumo launch: the ranks saved a checkpoint and stopped on a signal (exit {EXIT_PREEMPTED}); "
+            "the same command resumes from it",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _wait_for_orphans() -> None:
+    """Reap every process left to this subreaper (ranks and their data loader workers), until none is left."""
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+
+
+def exit_code(launcher_returncode: int, rank_codes: list[int]) -> int:
+    """The job's exit code from torchrun's return code (negative: killed by that signal) and the codes the
+    ranks reported. A rank exits EXIT_PREEMPTED only after every rank has saved (checkpoint.save ends in a
+    barrier after the completion marker), so one is enough, unless another rank reported a failure; ranks
+    that torchrun stopped after the first one left no code."""
+    if launcher_returncode == 0:
+        return 0
+    if rank_codes and set(rank_codes) == {EXIT_PREEMPTED}:
+        return EXIT_PREEMPTED
+    # a shell's convention for a process killed by signal N
+    return launcher_returncode if launcher_returncode > 0 else 128 - launcher_returncode
+
+
+def write_exit_code(environ: Mapping[str, str], code: int) -> None:
+    """Leave this rank's exit code where `supervise` reads it (nothing when not started by `supervise`)."""
+    if EXIT_CODES in environ:
+        Path(environ[EXIT_CODES], f"rank-{environ.get('RANK', '0')}").write_text(str(code))
 
 
 def _accelerator_env(device: str) -> dict[str, str]:

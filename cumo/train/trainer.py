@@ -26,6 +26,7 @@ loss: the same modules in the same order on every rank, which ZeRO-3's prefetchi
 to the gradient (LLaVA feeds a zero image per text-only sample for the same reason).
 """
 
+import contextlib
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config, upstream_config
+from cumo.train.launch import init_process_env, write_exit_code
 from cumo.train.memory import PhaseMemory
 from cumo.train.stages import (
     StageConfig,
@@ -59,6 +61,7 @@ from cumo.train.stages import (
     stage_config,
     stage_start,
 )
+from cumo.writer_lock import WRITER_LOCK, WriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +111,44 @@ def train(
         logger.info(f"{output_dir} holds the finished {stage.name} stage; not training it again")
         return output_dir
     require_previous(stage.name, previous_output_dir, preset)  # before any process group or model exists
+    rank, _, _ = init_process_env(os.environ)
+    # One job at a time trains into checkpoint_dir (issue 18: after a lost Snakemake, a rerun submitted a second
+    # job while the first still trained there). Rank 0 holds the lock for every rank, from before the process
+    # group exists (a second job stops before loading anything) until its last save or the export is done.
+    lock = WriterLock(checkpoint_dir / WRITER_LOCK, f"the checkpoints in {checkpoint_dir}")
+    with lock if rank == 0 else contextlib.nullcontext():
+        return _train(
+            stage,
+            preset,
+            Path(data),
+            output_dir,
+            checkpoint_dir,
+            data_root=data_root,
+            previous_output_dir=previous_output_dir,
+            save_every=save_every,
+            keep=keep,
+            num_workers=num_workers,
+            max_shard_bytes=max_shard_bytes,
+            sources=sources,
+        )
+
+
+def _train(
+    stage: StageConfig,
+    preset: str,
+    data: Path,
+    output_dir: Path,
+    checkpoint_dir: Path,
+    *,
+    data_root: str | Path,
+    previous_output_dir: str | Path | None,
+    save_every: int,
+    keep: int,
+    num_workers: int,
+    max_shard_bytes: int,
+    sources: dict[str, str] | None,
+) -> Path:
+    """`train` under the writer lock."""
     started = time.monotonic()
 
     import deepspeed  # deferred: importing DeepSpeed takes seconds, and a finished stage needs none of it
@@ -302,6 +343,7 @@ def exit_rank(code: int) -> None:
     the export had finished; the mechanism: pytorch/pytorch#179291). By the time a rank ends, everything it
     writes is written and closed; stdio and logging are flushed here.
     """
+    write_exit_code(os.environ, code)  # for `cumo launch` (launch.supervise)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

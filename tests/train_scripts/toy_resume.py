@@ -7,7 +7,8 @@ if weights, optimizer, LR schedule, data position and every rank's RNG come back
 `--save-every` steps and, on an agreed preemption, at that step before exiting with EXIT_PREEMPTED.
 Failures are injected on one rank: `--crash-after STEP` (os._exit, as a kill) and `--sigterm-at STEP`
 (a real SIGTERM to itself in the middle of the step), and on rank 0 `--kill-launcher-at STEP` (SIGKILL to
-torchrun, its parent). At the end rank 0 writes `--result`: the full
+torchrun, its parent); from outside, `--wait-for-signal-at STEP` (rank 0 writes `<checkpoints>.waiting` in that
+step and waits there for a SIGTERM, so a test can signal the job mid-run). At the end rank 0 writes `--result`: the full
 weights, the mean loss and learning rate of every step, from client_state (so including steps trained
 before a resume), and the step it resumed from. Ranks end as `cumo train`'s do (`trainer.exit_rank`).
 """
@@ -17,6 +18,7 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 
 import deepspeed
 import numpy as np
@@ -39,7 +41,14 @@ def parse_args():
     parser.add_argument("--crash-after", type=int, help="rank 1 exits abruptly right after this step")
     parser.add_argument("--sigterm-at", type=int, help="rank 1 sends itself SIGTERM during this step")
     parser.add_argument("--kill-launcher-at", type=int, help="rank 0 SIGKILLs torchrun during this step")
+    parser.add_argument("--wait-for-signal-at", type=int, help="rank 0 waits for a SIGTERM in this step")
     return parser.parse_args()
+
+
+def wait_for_signal(preemption: Preemption, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not preemption.requested and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def main() -> int:
@@ -94,9 +103,10 @@ def main() -> int:
             os.kill(os.getppid(), signal.SIGKILL)
             # Until the kernel's SIGTERM is here (it comes as torchrun's death is processed), so the ranks agree
             # at the end of this step, not a later one.
-            deadline = time.monotonic() + 60
-            while not preemption.requested and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for_signal(preemption)
+        if rank == 0 and step == args.wait_for_signal_at:
+            Path(f"{args.checkpoints}.waiting").write_text(str(step))
+            wait_for_signal(preemption)
         engine.backward(loss)
         engine.step()
         lrs.append(engine.get_lr()[0])  # after the step: the scheduler warns before its first step

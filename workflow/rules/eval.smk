@@ -28,8 +28,9 @@ rule evaluate:
         dtype=config["eval"]["dtype"],
         judge=judge_flags,
         variant=eval_flags,
+    # exec: no bash between Snakemake and `cumo eval` to die of a Slurm step's SIGTERM (rules/train.smk).
     shell:
-        "cumo eval {wildcards.bench} --model {input.model} --data-root {params.data_root} --out {params.out}"
+        "exec cumo eval {wildcards.bench} --model {input.model} --data-root {params.data_root} --out {params.out}"
         " --batch-size {params.batch_size} --shards {params.shards} --gpus-per-shard {params.gpus_per_shard}"
         " --device {params.device}"
         " --dtype {params.dtype} {params.variant} {params.judge} > {log} 2>&1"

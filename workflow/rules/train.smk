@@ -34,8 +34,11 @@ rule train:
         base=base_model_flags,
         workers=loader_workers,
         recipe=recipe_flags,
+    # exec: no shell stays between Snakemake and `cumo launch`. A SIGTERM reaches every process of a Slurm
+    # step; a waiting bash dies of it, Snakemake takes the job for failed and ends, and Slurm kills what is
+    # left of a step when its task has ended (src/slurmd/slurmstepd/mgr.c): the ranks still saving (issue 18).
     shell:
-        "cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
+        "exec cumo launch {params.launch} -- train --stage {wildcards.stage} --preset {params.preset}"
         " --data {input.data} --data-root {params.data_root} --out {output}"
         " --checkpoints {params.checkpoints} {params.previous} {params.base} --workers {params.workers}"
         " {params.recipe} > {log} 2>&1"
