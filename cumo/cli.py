@@ -287,7 +287,7 @@ def launch(args) -> None:
 
 def add_launch_arguments(steps) -> None:
     sub = add_step(steps, "launch", launch)
-    sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (more than 1: srun, one task per rank)")
+    sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (above 1: srun, a task per rank)")
     sub.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (with --nodes > 1)")
     sub.add_argument("--processes", type=int, default=2, help="ranks on each node: one per GPU, or CPU ranks")
     sub.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="accelerator of the ranks")
