@@ -50,6 +50,7 @@ from cumo.provenance import git_commit, package_versions, sha256_file
 from cumo.train import checkpoint
 from cumo.train.batching import plan_batch
 from cumo.train.deepspeed_config import ADAM_BETAS, ADAM_EPSILON, fill_deepspeed_config
+from cumo.train.launch import init_process_env
 from cumo.train.memory import PhaseMemory
 from cumo.train.stages import (
     StageConfig,
@@ -120,6 +121,9 @@ def train(
     warnings.filterwarnings("ignore", message=DEPRECATED_COLLECTIVES, category=FutureWarning)
 
     device = get_accelerator().device_name()  # "cuda", or "cpu" with DS_ACCELERATOR=cpu (tiny preset)
+    # A task of `cumo launch --nodes N` (srun) has Slurm's variables only; without torch.distributed's,
+    # DeepSpeed falls back to MPI discovery and stops on a missing mpi4py (tests/test_slurm_nodes.py).
+    init_process_env(os.environ)
     # The CPU accelerator's own backend is oneCCL, which is not installed with torch; gloo is.
     deepspeed.init_distributed(
         dist_backend="gloo" if device == "cpu" else get_accelerator().communication_backend_name()
