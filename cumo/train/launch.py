@@ -85,7 +85,12 @@ def srun_command(
         "cumo",
         *cumo_args,
     ]
-    return argv, {**env, RANKS_FROM: "slurm"}
+    # A task's threads are its cores. Without this, torch starts one per core of the node, or as many as
+    # Snakemake's shell exports for the rule's `threads` (OMP_ and MKL_NUM_THREADS: all of a node's ranks'),
+    # which oversubscribes the node and changes float32 summation order (tests/test_slurm_nodes.py saw a
+    # loss differ from the one-node run's by an ulp); torchrun sets OMP_NUM_THREADS=1 for the same reason.
+    threads = {name: str(cpus_per_task) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return argv, {**env, RANKS_FROM: "slurm", **threads}
 
 
 def _accelerator_env(device: str) -> dict[str, str]:
