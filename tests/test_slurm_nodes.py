@@ -1,22 +1,26 @@
-"""The multi-node path for real (issue 18): a stage on 2 Slurm nodes x 2 CPU ranks (tests/slurm_nodes.py), run
-by `sbatch` with the `cumo launch` command the workflow's train rule builds, trains, checkpoints and exports
-the weights of the same 4 ranks under torchrun on one machine."""
+"""The multi-node path for real (issue 18), on a two-node Slurm cluster (tests/slurm_nodes.py): the tiny run's
+pretrain on 2 nodes x 2 CPU ranks, through Snakemake's Slurm executor as the paper's sft is (an `mpi` job whose
+`cumo launch --nodes 2` runs srun), trains, checkpoints and exports the weights of the same 4 ranks under
+torchrun on one machine."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
-from tests.factories import world_with_mixtures
 from tests.slurm_nodes import NODES, slurm_nodes  # noqa: F401 (the session fixture)
+from tests.test_slurm import slurm_profile
+from tests.tiny_dag import snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
 
 CUMO = str(Path(sys.executable).with_name("cumo"))
-STEPS, SAVE_EVERY = 4, 2  # 64 samples, global batch 16 (4 ranks x micro-batch 4), one epoch
+PRETRAIN = "results/tiny/models/tiny/pretrain"
+# 64 samples, one epoch, global batch 16 = 4 ranks x micro-batch 4 (the tiny recipe's 8 fits 2 ranks only).
+SIZES, RECIPE, STEPS = {"pretrain": 64, "pft": 32, "sft": 32}, {"micro_batch_size": 4, "epochs": 1}, 4
 
 
 def test_tasks_run_on_both_nodes_each_under_its_own_name_and_address(slurm_nodes):  # noqa: F811
@@ -29,52 +33,56 @@ def test_tasks_run_on_both_nodes_each_under_its_own_name_and_address(slurm_nodes
     )
 
 
-def train_command(world: Path, out: Path, *launch: str) -> list[str]:
-    """`cumo launch ...` as workflow/rules/train.smk writes it, on a 64-sample pretrain world."""
-    return [
-        CUMO, "launch", *launch, "--device", "cpu", "--", "train", "--stage", "pretrain", "--preset", "tiny",
-        "--data", str(world / "pretrain.arrow"), "--data-root", str(world), "--out", str(out / "model"),
-        "--checkpoints", str(out / "checkpoints"), "--save-every", str(SAVE_EVERY), "--workers", "0",
-        "--set", "micro_batch_size=4", "--set", "epochs=1",
-    ]  # fmt: skip
+def two_node_repository(root: Path) -> Path:
+    """The tiny run with pretrain on 2 nodes (train.nodes) on a 64-sample world."""
+    repository = tiny_repository(root)
+    path = repository / "config" / "tiny.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["synthetic"]["sizes"] = SIZES
+    config["train"]["nodes"]["pretrain"] = 2
+    config["train"]["recipe"] = {"pretrain": RECIPE}
+    path.write_text(yaml.safe_dump(config))
+    return repository
 
 
-def curve(out: Path) -> list[tuple]:
+def curve(model: Path) -> list[tuple]:
     """(step, loss, grad norm) of each step: the metrics without their timings."""
-    rows = (json.loads(line) for line in (out / "model" / "metrics.jsonl").read_text().splitlines())
+    rows = (json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines())
     return [(row["step"], row["loss"], row["grad_norm"]) for row in rows]
 
 
 @pytest.mark.slow
-def test_two_nodes_train_checkpoint_and_export_the_weights_of_one(slurm_nodes, tmp_path):  # noqa: F811
-    world = world_with_mixtures(tmp_path / "world", {"pretrain": 64})
-    # One thread per rank on both sides, as torchrun sets it: summation order then depends on the ranks only
-    # (with Slurm's default, all of a node's cores, step 4's loss differed in the 8th digit).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one_node = subprocess.Popen(
-        train_command(world, tmp_path / "one", "--processes", "4"),
-        env=env,
-        stdout=open(tmp_path / "one.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
-    two = tmp_path / "two"
-    # The Slurm resources the train rule asks for a 2-node stage (workflow/rules/common.smk: train_*).
-    job = slurm_nodes.run(
-        "sbatch", "--parsable", "--export=ALL,OMP_NUM_THREADS=1", "--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1",
-        f"--output={tmp_path / 'two.log'}", "--wrap",
-        " ".join(train_command(world, two, "--nodes", "2", "--processes", "2", "--cpus-per-task", "1")),
-    ).strip()  # fmt: skip
-    state = slurm_nodes.wait(job, timeout_s=600)
-    assert one_node.wait(timeout=600) == 0, (tmp_path / "one.log").read_text()[-5000:]
-    assert state == "COMPLETED", (tmp_path / "two.log").read_text()[-5000:]
+def test_a_two_node_stage_through_the_slurm_executor_equals_one_node(slurm_nodes, tmp_path, started):  # noqa: F811
+    repository = two_node_repository(tmp_path / "run")
+    profile = slurm_profile(repository)
+    run = snakemake(repository, slurm_nodes.env, "--profile", str(profile), PRETRAIN, enter=slurm_nodes.enter)
+    started.append(run)
+    data, world = repository / "results/tiny/data/pretrain.arrow", repository / "results/tiny/world"
+    wait_until("the pretrain mixture", lambda: (data.parent / "pretrain.stats.json").is_file(), run)
+    one = tmp_path / "one"
+    overrides = [arg for field, value in RECIPE.items() for arg in ("--set", f"{field}={value}")]
+    local = subprocess.Popen(
+        [CUMO, "launch", "--processes", "4", "--device", "cpu", "--", "train", "--stage", "pretrain",
+         "--preset", "tiny", "--data", str(data), "--data-root", str(world), "--out", str(one / "model"),
+         "--checkpoints", str(one / "checkpoints"), "--workers", "0", *overrides],
+        env=slurm_nodes.env, stdout=open(tmp_path / "one.log", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    started.append(local)
+    log, _ = run.communicate(timeout=900)
+    train_log = repository / "results/tiny/logs/train/tiny/pretrain.log"
+    assert run.returncode == 0, f"{log}\n{train_log.read_text()[-5000:] if train_log.is_file() else ''}"
+    assert local.wait(timeout=600) == 0, (tmp_path / "one.log").read_text()[-5000:]
 
-    # Both slurmd started tasks of the job's step: its ranks ran on both nodes.
+    # The train rule's job: an mpi job of 2 nodes x 2 tasks, whose step's tasks both slurmd started.
+    assert "nodes=2, tasks_per_node=2, cpus_per_task=1, mpi=srun" in log, log
+    assert "cumo launch --nodes 2 --cpus-per-task 1 --processes 2 --device cpu -- train" in log, log
+    (job,) = [line.split("SLURM jobid ")[1].split()[0] for line in log.splitlines() if "rule_train" in line]
     for node in NODES:
         assert f"launch task StepId={job}.0 " in (slurm_nodes.root / f"slurmd-{node}.log").read_text(), node
-    saved = sorted(path.name for path in (two / "checkpoints").glob("checkpoint-*"))
-    assert saved == [f"checkpoint-{step}" for step in range(SAVE_EVERY, STEPS + 1, SAVE_EVERY)]
-    assert (two / "model" / "finished.json").is_file()
-    assert curve(two) == curve(tmp_path / "one")
-    weights, expected = (load_file(out / "model" / "model.safetensors") for out in (two, tmp_path / "one"))
+    assert (repository / f"checkpoints/tiny/tiny/pretrain/checkpoint-{STEPS}").is_dir()
+    model = repository / PRETRAIN
+    assert (model / "finished.json").is_file()
+    assert len(curve(model)) == STEPS and curve(model) == curve(one / "model")
+    weights, expected = (load_file(path / "model.safetensors") for path in (model, one / "model"))
     assert weights.keys() == expected.keys()
     assert all(torch.equal(weights[name], expected[name]) for name in weights)
