@@ -270,12 +270,16 @@ def launch(args) -> None:
     if train_args.step != "train":
         raise ValueError(f"cumo launch runs `cumo train ...`, got `cumo {' '.join(command)}`")
     stage = stage_config(train_args.stage, train_args.preset, **parse_overrides(train_args.set))
-    world = args.nodes * args.gpus_per_node if args.nodes > 1 else args.processes
+    world = args.nodes * args.processes
     print(plan_batch(stage.global_batch_size, stage.micro_batch_size, world))
     load_deepspeed_config(upstream_config(stage.zero))
     if args.nodes > 1:
         argv, env = srun_command(
-            command, nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task
+            command,
+            nodes=args.nodes,
+            processes_per_node=args.processes,
+            cpus_per_task=args.cpus_per_task,
+            device=args.device,
         )
         # srun in this process's place: it exits with the highest of its tasks' exit codes, EXIT_PREEMPTED
         # after a save, and it must not get a SIGTERM from here, which it turns into a SIGKILL of every task
@@ -287,10 +291,9 @@ def launch(args) -> None:
 
 def add_launch_arguments(steps) -> None:
     sub = add_step(steps, "launch", launch)
-    sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (more than 1: srun, one task per GPU)")
-    sub.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (with --nodes > 1)")
+    sub.add_argument("--nodes", type=int, default=1, help="Slurm nodes (above 1: srun, a task per rank)")
     sub.add_argument("--cpus-per-task", type=int, default=8, help="CPU cores per task (with --nodes > 1)")
-    sub.add_argument("--processes", type=int, default=2, help="ranks on this machine (one node)")
+    sub.add_argument("--processes", type=int, default=2, help="ranks on each node: one per GPU, or CPU ranks")
     sub.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="accelerator of the ranks")
     sub.add_argument(
         "command", nargs=argparse.REMAINDER, help="-- train --stage ... (the cumo train command)"

@@ -54,9 +54,11 @@ class SlurmCluster:
     root: Path  # slurm.conf, state, spool and daemon logs
     node: str
     env: dict[str, str]  # os.environ with SLURM_CONF: for client commands and snakemake
+    enter: tuple[str, ...] = ()  # what a client command runs under (the two-node cluster: its namespace)
 
     def run(self, *argv: str, check: bool = True) -> str:
         """A client command (squeue, sbatch, ...) against this cluster; its stdout."""
+        argv = (*self.enter, *argv)
         result = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=120)
         if check and result.returncode:
             raise RuntimeError(f"{' '.join(argv)} exited {result.returncode}: {result.stderr}\n{self.logs()}")
@@ -88,11 +90,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def write_slurm_conf(root: Path, node: str, cpus: int, memory_mb: int) -> Path:
-    """The one-node configuration of issue 6, with this run's own ports and directories."""
+def write_slurm_conf(root: Path, controller: str, nodes: dict[str, str], cpus: int, memory_mb: int) -> Path:
+    """The configuration of issue 6 for `nodes` ({name: address}, `cpus` each) and the controller
+    "name(address)", with this run's own ports and directories (per node: several slurmd share `root`)."""
     lines = {
         "ClusterName": "cumotest",
-        "SlurmctldHost": f"{node}(127.0.0.1)",
+        "SlurmctldHost": controller,
         "SlurmctldPort": free_port(),
         "SlurmdPort": free_port(),
         "SlurmctldParameters": "enable_configless",
@@ -101,11 +104,11 @@ def write_slurm_conf(root: Path, node: str, cpus: int, memory_mb: int) -> Path:
         "SlurmUser": "root",
         "SlurmdUser": "root",
         "StateSaveLocation": root / "state",
-        "SlurmdSpoolDir": root / "spool",
+        "SlurmdSpoolDir": root / "spool" / "%n",
         "SlurmctldPidFile": root / "slurmctld.pid",
-        "SlurmdPidFile": root / "slurmd.pid",
+        "SlurmdPidFile": root / "slurmd-%n.pid",
         "SlurmctldLogFile": root / "slurmctld.log",
-        "SlurmdLogFile": root / "slurmd.log",
+        "SlurmdLogFile": root / "slurmd-%n.log",
         "ProctrackType": "proctrack/linuxproc",
         "TaskPlugin": "task/none",
         "SelectType": "select/cons_tres",
@@ -119,7 +122,8 @@ def write_slurm_conf(root: Path, node: str, cpus: int, memory_mb: int) -> Path:
     (root / "state").mkdir()
     (root / "spool").mkdir()
     text = "".join(f"{key}={value}\n" for key, value in lines.items())
-    text += f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN\n"
+    for node, address in nodes.items():
+        text += f"NodeName={node} NodeAddr={address} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN\n"
     text += "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP\n"
     path = root / "slurm.conf"
     path.write_text(text)
@@ -177,8 +181,8 @@ def stop(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
+def skip_without_slurm() -> None:
+    """Skip the test, with the reason, where this machine cannot run a Slurm cluster."""
     missing = [name for name in BINARIES if shutil.which(name) is None]
     if missing:
         pytest.skip(
@@ -186,10 +190,15 @@ def slurm_cluster(tmp_path_factory):
         )
     if os.geteuid() != 0:
         pytest.skip("a real Slurm cluster needs root (munged runs as the munge user, slurmd as root)")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    skip_without_slurm()
     root = tmp_path_factory.mktemp("slurm")
     root.chmod(0o755)
     node = socket.gethostname()
-    conf = write_slurm_conf(root, node, os.cpu_count(), memory_mb())
+    conf = write_slurm_conf(root, f"{node}(127.0.0.1)", {node: "127.0.0.1"}, os.cpu_count(), memory_mb())
     env = {**os.environ, "SLURM_CONF": str(conf)}
     cluster = SlurmCluster(root, node, env)
     processes = []

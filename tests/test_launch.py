@@ -101,8 +101,12 @@ def test_local_command_refuses_nonsense(bad):
         local_command(TRAIN, **bad)
 
 
+def threads(count: int) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count)}
+
+
 def test_4_nodes_of_8_gpus_start_one_srun_task_per_gpu():
-    argv, env = srun_command(TRAIN, nodes=4, gpus_per_node=8, cpus_per_task=12)
+    argv, env = srun_command(TRAIN, nodes=4, processes_per_node=8, cpus_per_task=12, device="cuda")
     assert argv == [
         "srun",
         "--nodes=4",
@@ -115,7 +119,14 @@ def test_4_nodes_of_8_gpus_start_one_srun_task_per_gpu():
         "cumo",
         *TRAIN,
     ]
-    assert env == {"DS_ACCELERATOR": "cuda", RANKS_FROM: "slurm"}
+    assert env == {"DS_ACCELERATOR": "cuda", RANKS_FROM: "slurm", **threads(12)}
+
+
+def test_cpu_ranks_across_nodes_ask_for_no_gpu_and_name_the_cpu_accelerator():
+    argv, env = srun_command(TRAIN, nodes=2, processes_per_node=2, cpus_per_task=1, device="cpu")
+    assert not [arg for arg in argv if arg.startswith("--gpus")]
+    assert argv[:4] == ["srun", "--nodes=2", "--ntasks-per-node=2", "--cpus-per-task=1"]
+    assert env == {"DS_ACCELERATOR": "cpu", RANKS_FROM: "slurm", **threads(1)}
 
 
 def test_task_13_of_4x8_is_rank_13_local_rank_5_on_the_second_node():

@@ -327,7 +327,7 @@ def test_training_commands_follow_the_config():
     pretrain = re.search(r"wildcards: model=cumo-mixtral-8x7b, stage=pretrain\n    resources: (.*)", text)[1]
     assert "nodes=1" in pretrain and "mpi" not in pretrain and "cpus_per_task=64" in pretrain
     assert (
-        "exec cumo launch --nodes 2 --gpus-per-node 8 --cpus-per-task 8 --processes 8 --device cuda -- train"
+        "exec cumo launch --nodes 2 --cpus-per-task 8 --processes 8 --device cuda -- train"
         " --stage sft --preset cumo-mixtral-8x7b" in text
     )
     assert (

@@ -29,11 +29,14 @@ def tiny_repository(root: Path) -> Path:
     return root
 
 
-def snakemake(repository: Path, env: dict, *args: str, new_session: bool = False) -> subprocess.Popen:
-    """`snakemake *args` in `repository`, output collected; `new_session`: in a process group of its own."""
+def snakemake(
+    repository: Path, env: dict, *args: str, new_session: bool = False, enter: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`snakemake *args` in `repository`, output collected; `new_session`: in a process group of its own;
+    `enter`: the command it runs under (a cluster's `SlurmCluster.enter`)."""
     bin_dir = str(Path(sys.executable).parent)  # the jobs run `cumo` and `python -m snakemake`: this venv's
     return subprocess.Popen(
-        [f"{bin_dir}/snakemake", *args],
+        [*enter, f"{bin_dir}/snakemake", *args],
         cwd=repository,
         env={**env, "PATH": bin_dir + ":" + env["PATH"]},
         stdout=subprocess.PIPE,

@@ -7,7 +7,7 @@ caller's environment:
   accelerator for the tiny preset). torchrun rather than the `deepspeed` launcher: `--standalone` picks a
   free rendezvous port, so two jobs on one machine (Snakemake running two stages' tiny runs side by side)
   do not collide on the launcher's fixed default 29500, and the same command serves CPU and GPU.
-- several Slurm nodes: `srun_command` starts one task per GPU; each task maps Slurm's variables onto
+- several Slurm nodes: `srun_command` starts one task per GPU (or CPU rank); each task maps Slurm's variables onto
   torch.distributed's (`distributed_env_from_slurm`) when it starts (`init_process_env`).
 
 On one machine `supervise` runs torchrun as its child rather than in its place: it outlives every rank, so
@@ -67,25 +67,29 @@ def local_command(
 
 
 def srun_command(
-    cumo_args: list[str], *, nodes: int, gpus_per_node: int, cpus_per_task: int
+    cumo_args: list[str], *, nodes: int, processes_per_node: int, cpus_per_task: int, device: str
 ) -> tuple[list[str], dict[str, str]]:
-    """`cumo <cumo_args>` as one Slurm task per GPU on `nodes` nodes, from inside the allocation (sbatch).
+    """`cumo <cumo_args>` as `processes_per_node` Slurm tasks on each of `nodes` nodes, from inside the
+    allocation (sbatch): one per GPU on "cuda"; CPU ranks on "cpu" (tests/test_slurm_nodes.py, two nodes).
 
     Under Snakemake's Slurm executor the rule declares the `mpi` resource: the job step then runs this
     srun itself instead of wrapping the rule's command in `srun -n1` (snakemake-executor-plugin-slurm-jobstep).
     That step also drops SLURM_JOB_NODELIST and the task variables from its environment, which is why each
     task reads its own, set by this srun, in `distributed_env_from_slurm`.
     """
-    if nodes < 1 or gpus_per_node < 1 or cpus_per_task < 1:
+    if nodes < 1 or processes_per_node < 1 or cpus_per_task < 1:
         raise LaunchError(
-            f"nodes, gpus_per_node and cpus_per_task must be at least 1, got {nodes}, {gpus_per_node}, {cpus_per_task}"
+            "nodes, processes_per_node and cpus_per_task must be at least 1, "
+            f"got {nodes}, {processes_per_node}, {cpus_per_task}"
         )
+    env = _accelerator_env(device)
+    # Every task sees all of its node's GPUs and takes the one at LOCAL_RANK, as under torchrun.
+    gpus = [f"--gpus-per-node={processes_per_node}"] if device == "cuda" else []
     argv = [
         "srun",
         f"--nodes={nodes}",
-        f"--ntasks-per-node={gpus_per_node}",
-        # Every task sees all of its node's GPUs and takes the one at LOCAL_RANK, as under torchrun.
-        f"--gpus-per-node={gpus_per_node}",
+        f"--ntasks-per-node={processes_per_node}",
+        *gpus,
         # Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task (srun man page), so it is
         # stated here or every task gets one core for its data loader workers.
         f"--cpus-per-task={cpus_per_task}",
@@ -96,7 +100,12 @@ def srun_command(
         "cumo",
         *cumo_args,
     ]
-    return argv, {**_accelerator_env("cuda"), RANKS_FROM: "slurm"}
+    # A task's threads are its cores. Without this, torch starts one per core of the node, or as many as
+    # Snakemake's shell exports for the rule's `threads` (OMP_ and MKL_NUM_THREADS: all of a node's ranks'),
+    # which oversubscribes the node and changes float32 summation order (tests/test_slurm_nodes.py saw a
+    # loss differ from the one-node run's by an ulp); torchrun sets OMP_NUM_THREADS=1 for the same reason.
+    threads = {name: str(cpus_per_task) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    return argv, {**env, RANKS_FROM: "slurm", **threads}
 
 
 def supervise(argv: list[str], env: Mapping[str, str]) -> int:

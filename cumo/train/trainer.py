@@ -111,6 +111,8 @@ def train(
         logger.info(f"{output_dir} holds the finished {stage.name} stage; not training it again")
         return output_dir
     require_previous(stage.name, previous_output_dir, preset)  # before any process group or model exists
+    # A task of `cumo launch --nodes N` (srun) has Slurm's variables only; without torch.distributed's,
+    # DeepSpeed falls back to MPI discovery and stops on a missing mpi4py (tests/test_slurm_nodes.py).
     rank, _, _ = init_process_env(os.environ)
     # One job at a time trains into checkpoint_dir (issue 18: after a lost Snakemake, a rerun submitted a second
     # job while the first still trained there). Rank 0 holds the lock for every rank, from before the process

@@ -301,8 +301,8 @@ def launch_flags(wildcards):
     """`cumo launch`: torchrun with one rank per GPU on one node, or one srun task per GPU across nodes."""
     train = config["train"]
     return (
-        f"--nodes {train_nodes(wildcards)} --gpus-per-node {train['processes_per_node']}"
-        f" --cpus-per-task {train['cpus_per_process']} --processes {train['processes_per_node']}"
+        f"--nodes {train_nodes(wildcards)} --cpus-per-task {train['cpus_per_process']}"
+        f" --processes {train['processes_per_node']}"
         f" --device {train['device']}"
     )
 
