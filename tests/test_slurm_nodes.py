@@ -14,7 +14,8 @@ import yaml
 from safetensors.torch import load_file
 
 from tests.slurm_nodes import NODES, slurm_nodes  # noqa: F401 (the session fixture)
-from tests.test_slurm import slurm_profile
+from tests.test_slurm import ON_THIS_CLUSTER, scale_to_the_node
+from tests.test_slurm_profile import make_slurm_profile, user_env
 from tests.tiny_dag import snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
 
 CUMO = str(Path(sys.executable).with_name("cumo"))
@@ -54,8 +55,13 @@ def curve(model: Path) -> list[tuple]:
 @pytest.mark.slow
 def test_a_two_node_stage_through_the_slurm_executor_equals_one_node(slurm_nodes, tmp_path, started):  # noqa: F811
     repository = two_node_repository(tmp_path / "run")
-    profile = slurm_profile(repository)
-    run = snakemake(repository, slurm_nodes.env, "--profile", str(profile), PRETRAIN, enter=slurm_nodes.enter)
+    scale_to_the_node(repository)
+    home = tmp_path / "home"  # `make slurm-profile` of a user with this home, as tests/test_slurm.py does
+    assert make_slurm_profile(home).returncode == 0
+    user = user_env(slurm_nodes.env, home)
+    run = snakemake(
+        repository, user, "--profile", "slurm", *ON_THIS_CLUSTER, PRETRAIN, enter=slurm_nodes.enter
+    )
     started.append(run)
     data, world = repository / "results/tiny/data/pretrain.arrow", repository / "results/tiny/world"
     wait_until("the pretrain mixture", lambda: (data.parent / "pretrain.stats.json").is_file(), run)
