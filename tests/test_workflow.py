@@ -417,7 +417,7 @@ def test_the_released_checkpoints_are_downloaded_converted_and_evaluated_on_ever
         # GPUs a shard from the memory plan of the preset, before anything is downloaded: 16.5 GB or 95 GB of bf16.
         gpus = {"cumo-mistral-7b": 1, "cumo-mixtral-8x7b": 2}[model]
         evaluations = [
-            command for command in commands if command.startswith("cumo eval") and converted in command
+            command for command in commands if command.startswith("exec cumo eval") and converted in command
         ]
         assert len(evaluations) == 13 and all(
             f"--shards 4 --gpus-per-shard {gpus} " in c for c in evaluations
