@@ -552,7 +552,7 @@ def test_a_configfile_merged_into_the_tiny_one_stops_saying_how_to_replace_it():
     result = snakemake("--dry-run", "--configfile", "config/config.yaml")
     message = result.stdout + result.stderr
     assert (
-        result.returncode != 0 and "Pass --replace-workflow-config with it, or use --profile slurm" in message
+        result.returncode != 0 and "pass --replace-workflow-config with it, or use --profile slurm" in message
     )
 
 
