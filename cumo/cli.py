@@ -250,8 +250,9 @@ def add_plan_arguments(steps) -> None:
     sub.add_argument(
         "config",
         nargs="?",
-        default="config/tiny.yaml",
-        help="a workflow config (config/config.yaml: the paper; default: the tiny run's)",
+        default="config/config.yaml",
+        help="a workflow config (default: config/config.yaml, the paper's and the workflow's default, read from "
+        "the repository root; config/tiny.yaml: the tiny run's)",
     )
 
 

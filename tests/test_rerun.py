@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
+    LOCAL_TINY,
     PRETRAIN,
     resumed_pretrain,
     snakemake,
@@ -25,7 +26,7 @@ def test_the_same_command_after_snakemake_was_killed_continues_where_it_stopped(
     """The whole process group (snakemake, its jobs, the training ranks) gets SIGTERM mid-pretrain, as when the
     session that ran it ends; the ranks save and stop. The same command then redoes only pretrain, resuming."""
     repository = tiny_repository(tmp_path)
-    command = ("--profile", "profiles/local", TARGET)
+    command = (*LOCAL_TINY, TARGET)
     run = snakemake(repository, dict(os.environ), *command, new_session=True)
     started.append(run)
     wait_for_pretrain_steps(repository, run)
@@ -63,7 +64,7 @@ def test_a_retrained_model_is_evaluated_anew_not_with_its_predecessors_answers(t
 
     repository = tiny_repository(tmp_path)
     sft = repository / "results" / "tiny" / "models" / "tiny" / "sft"
-    run = snakemake(repository, dict(os.environ), "--profile", "profiles/local", *EVALUATED)
+    run = snakemake(repository, dict(os.environ), *LOCAL_TINY, *EVALUATED)
     started.append(run)
     log, _ = run.communicate(timeout=1200)
     assert run.returncode == 0, log
@@ -73,7 +74,7 @@ def test_a_retrained_model_is_evaluated_anew_not_with_its_predecessors_answers(t
         assert metrics["model"]["digest"] == old and metrics["answers"]["resumed"] == 0
 
     again = snakemake(
-        repository, dict(os.environ), "--profile", "profiles/local", "--forcerun", str(sft.relative_to(repository)),
+        repository, dict(os.environ), *LOCAL_TINY, "--forcerun", str(sft.relative_to(repository)),
         *EVALUATED,
     )  # fmt: skip
     started.append(again)

@@ -17,6 +17,7 @@ from tests.slurm_cluster import slurm_cluster  # noqa: F401 (the session fixture
 from tests.test_slurm_profile import installed as installed_profile
 from tests.test_slurm_profile import make_slurm_profile, user_env
 from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
+    LOCAL_TINY,
     SMALL_WORLD,
     resumed_pretrain,
     snakemake,
@@ -153,7 +154,7 @@ def test_cli_retries_resubmit_rule_retries_do_not(slurm_cluster, tmp_path):  # n
 
 # profiles/slurm's settings this one-node cluster cannot use, overridden on the command line as a user would.
 ON_THIS_CLUSTER = [
-    *("--configfile", "config/tiny.yaml"),  # the tiny run, not the paper's
+    *("--configfile", "config/tiny.yaml", "--replace-workflow-config"),  # the tiny run, not the paper's
     # No conda (no network in the tests): the rules run in this venv. No rule names an env module, so env
     # modules deploy nothing; the option takes no "none".
     *("--software-deployment-method", "env-modules"),
@@ -199,7 +200,7 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     Each is submitted again as a new Slurm job; pretrain resumes from its saved step instead of step 0. The
     final tables are those of the local run, and running the same command again does nothing."""
     local = tiny_repository(tmp_path / "local")
-    local_run = snakemake(local, dict(os.environ), "--profile", "profiles/local")
+    local_run = snakemake(local, dict(os.environ), *LOCAL_TINY)
     started.append(local_run)
     cluster = tiny_repository(tmp_path / "slurm")
     scale_to_the_node(cluster)
@@ -262,7 +263,7 @@ def test_tiny_dag_through_slurm_survives_failures_and_equals_a_local_run(slurm_c
     assert again.returncode == 0 and "Nothing to be done" in again_log, again_log
 
     # The HTML report of the finished run: the table and every plot, each with its caption.
-    report = snakemake(local, dict(os.environ), "--profile", "profiles/local", "--report", "report.html")
+    report = snakemake(local, dict(os.environ), *LOCAL_TINY, "--report", "report.html")
     report_log, _ = report.communicate(timeout=120)
     assert report.returncode == 0, report_log
     html = (local / "report.html").read_text()

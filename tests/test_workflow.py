@@ -29,7 +29,8 @@ from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES, ZERO_CONFIGS, StageConfi
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-PAPER = ["--configfile", "config/config.yaml", "--replace-workflow-config"]
+PAPER = ["--configfile", "config/config.yaml", "--replace-workflow-config"]  # the default, named
+TINY = ["--configfile", "config/tiny.yaml", "--replace-workflow-config"]  # what `make demo` passes
 RELEASED = ["--configfile", "config/released.yaml", "--replace-workflow-config"]
 RULE_FILES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 JUDGED = {"mmvet", "llava_wild", "mathvista"}
@@ -54,19 +55,40 @@ def snakemake(*args, cwd=ROOT) -> subprocess.CompletedProcess:
     )
 
 
+PLANNED: dict[tuple, subprocess.CompletedProcess] = {}
+
+
+def planned(*args) -> subprocess.CompletedProcess:
+    """`snakemake --dry-run --forceall --printshellcmds *args`: every job of the DAG, whatever outputs a run in
+    this checkout left, with its shell command. Each dry run costs seconds (the memory plan imports torch):
+    one per distinct command line and config contents, shared by the tests that read the same DAG."""
+    flags = ("", *args)[: len(args)]  # what comes before each argument
+    key = tuple(
+        (ROOT / arg).read_text() if flag == "--configfile" else arg
+        for flag, arg in zip(flags, args, strict=True)
+    )
+    if key not in PLANNED:
+        PLANNED[key] = snakemake("--dry-run", "--forceall", "--printshellcmds", *args)
+    return PLANNED[key]
+
+
 def dry_run(*args) -> list[dict]:
-    """The jobs `snakemake --dry-run` plans: [{"rule", "output": [...], "wildcards": {...}}]; every job of
-    the DAG, whatever outputs a run in this checkout left (--forceall)."""
-    result = snakemake("--dry-run", "--forceall", *args)
+    """The jobs `planned(*args)` lists: [{"rule", "output": [...], "wildcards": {...}, "resources": "...",
+    "shell": "..."}]."""
+    result = planned(*args)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = []
     for line in result.stdout.splitlines():
         if match := re.fullmatch(r"(?:local)?rule (\S+):", line):
-            jobs.append({"rule": match[1], "output": [], "wildcards": {}})
+            jobs.append({"rule": match[1], "output": [], "wildcards": {}, "resources": "", "shell": ""})
         elif jobs and (match := re.fullmatch(r"    output: (.*)", line)):
             jobs[-1]["output"] = match[1].split(", ")
         elif jobs and (match := re.fullmatch(r"    wildcards: (.*)", line)):
             jobs[-1]["wildcards"] = dict(pair.split("=", 1) for pair in match[1].split(", "))
+        elif jobs and (match := re.fullmatch(r"    resources: (.*)", line)):
+            jobs[-1]["resources"] = match[1]
+        elif jobs and (match := re.fullmatch(r"Shell command: (.*)", line)):
+            jobs[-1]["shell"] = match[1]
     return jobs
 
 
@@ -93,7 +115,7 @@ def source_closure(names, sources) -> set[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [[], PAPER, RELEASED], ids=["tiny", "paper", "released"])
+@pytest.mark.parametrize("config", [[], TINY, RELEASED], ids=["default", "tiny", "released"])
 def test_lint_reports_nothing(config):
     result = snakemake("--lint", *config)
     # Exit status 1 when anything is reported; the lints themselves go to stderr.
@@ -150,7 +172,7 @@ def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_jud
         "runs": 1,
         "max_gave_up_share": 1.0,
     }  # offline: no server, no key
-    jobs = dry_run()
+    jobs = dry_run(*TINY)
     blanked = {f"results/tiny/eval/tiny-blank-images/{bench}/metrics.json" for bench in ("gqa", "pope")}
     assert outputs(jobs, "evaluate") == blanked | {
         f"results/tiny/eval/tiny/{bench}/metrics.json" for bench in NAMES
@@ -159,11 +181,11 @@ def test_tiny_targets_are_every_benchmark_the_judged_ones_by_the_served_rule_jud
         "synthetic", "mixture", "train", "evaluate", "tables", "plots", "all"
     }  # fmt: skip
     for bench in JUDGED:
-        command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json")
+        command = eval_command(f"results/tiny/eval/tiny/{bench}/metrics.json", *TINY)
         assert command.endswith(
             f"--judge-serve rules --judge-runs 1 --judge-max-gave-up 1.0 > results/tiny/logs/eval/tiny/{bench}.log 2>&1"
         )
-    assert "--judge" not in eval_command("results/tiny/eval/tiny/gqa/metrics.json")
+    assert "--judge" not in eval_command("results/tiny/eval/tiny/gqa/metrics.json", *TINY)
 
 
 def with_judge(tmp_path, judge) -> list[str]:
@@ -221,25 +243,26 @@ def test_each_judged_benchmark_gets_its_own_judge_model(tmp_path):
     )
 
 
+def evaluation(target: str, *config) -> dict:
+    """The evaluate job of `config`'s whole DAG that writes `target`."""
+    (job,) = [job for job in dry_run(*config) if job["rule"] == "evaluate" and target in job["output"]]
+    return job
+
+
 def eval_command(target: str, *config) -> str:
-    result = snakemake("--dry-run", "--forceall", "--printshellcmds", target, *config)
-    assert result.returncode == 0, result.stdout + result.stderr
-    (command,) = [
-        line for line in result.stdout.splitlines() if line.startswith("Shell command: exec cumo eval")
-    ]
+    command = evaluation(target, *config)["shell"]
+    assert command.startswith("exec cumo eval"), command
     return command
 
 
 def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
-    command = eval_command("results/tiny/eval/tiny-blank-images/pope/metrics.json")
+    job = evaluation("results/tiny/eval/tiny-blank-images/pope/metrics.json", *TINY)
+    command = job["shell"]
     # The tiny run's CPU job asks for the tiny config's cores, not the paper's 32.
-    result = snakemake("--dry-run", "--forceall", "results/tiny/eval/tiny-blank-images/pope/metrics.json")
-    assert re.search(r"rule evaluate:\n(?:    .*\n)*?    resources: .*cpus_per_task=2\b", result.stdout), (
-        result.stdout
-    )
+    assert re.search(r"\bcpus_per_task=2\b", job["resources"]), job["resources"]
     assert "--model results/tiny/models/tiny/sft " in command and "--blank-images" in command
     assert "--shards 1 --gpus-per-shard 1 --device cpu" in command  # on CPU a shard is one process
-    command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json")
+    command = eval_command("results/tiny/eval/tiny/vqav2/metrics.json", *TINY)
     assert "--split val" in command and "--blank-images" not in command
 
 
@@ -293,7 +316,7 @@ def test_train_and_evaluate_ask_slurm_for_the_planned_memory_and_gpus():
     plans = {
         (job.rule, job.wildcards["model"], job.wildcards.get("stage")): job for job in plan_config(config)
     }
-    result = snakemake("--dry-run", "--forceall", "--printshellcmds", *PAPER)
+    result = planned(*PAPER)
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = re.findall(
         r"\nrule (train|evaluate):\n((?:    .*\n)+)(?:.*\n)*?Shell command: (.*)", result.stdout
@@ -316,9 +339,7 @@ def test_train_and_evaluate_ask_slurm_for_the_planned_memory_and_gpus():
 
 def test_training_commands_follow_the_config():
     """sft spans two nodes as an mpi job (its srun starts the ranks); one-node stages run torchrun."""
-    result = snakemake(
-        "--dry-run", "--forceall", "--printshellcmds", *PAPER, "results/paper/models/cumo-mixtral-8x7b/sft"
-    )
+    result = planned(*PAPER, "results/paper/models/cumo-mixtral-8x7b/sft")
     text = result.stdout
     assert result.returncode == 0, text + result.stderr
     sft = re.search(r"wildcards: model=cumo-mixtral-8x7b, stage=sft\n    resources: (.*)", text)[1]
@@ -340,9 +361,7 @@ def test_training_commands_follow_the_config():
 def test_paper_pretrain_starts_from_downloaded_base_models(model):
     """The training job reads CLIP and the LLM from the data tree, where the download rule (on the submitting
     host) put the Hub repos that cumo/train/stages.py names; pft and sft start from the stage before."""
-    result = snakemake(
-        "--dry-run", "--forceall", "--printshellcmds", *PAPER, f"results/paper/models/{model}/pft"
-    )
+    result = planned(*PAPER, f"results/paper/models/{model}/pft")
     assert result.returncode == 0, result.stdout + result.stderr
     sources = load("cumo/data/sources.yaml")
     (pretrain,) = re.findall(r"Shell command: exec cumo launch .* --stage pretrain .*", result.stdout)
@@ -367,13 +386,7 @@ RELEASED_REPOS = {
 
 
 def shell_commands(*args) -> list[str]:
-    result = snakemake("--dry-run", "--forceall", "--printshellcmds", *args)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [
-        line.removeprefix("Shell command: ")
-        for line in result.stdout.splitlines()
-        if line.startswith("Shell command:")
-    ]
+    return [job["shell"] for job in dry_run(*args) if job["shell"]]
 
 
 def test_the_released_checkpoints_are_downloaded_converted_and_evaluated_on_every_benchmark():
@@ -425,9 +438,7 @@ def test_the_released_checkpoints_are_downloaded_converted_and_evaluated_on_ever
 
 
 def test_the_slurm_profile_runs_the_released_config_when_named():
-    jobs = dry_run(
-        "--profile", "profiles/slurm", "--software-deployment-method", "env-modules", *RELEASED[:2]
-    )
+    jobs = dry_run("--profile", "profiles/slurm", "--software-deployment-method", "env-modules", *RELEASED)
     assert "train" not in {job["rule"] for job in jobs}
     assert {path.split("/")[3] for path in outputs(jobs, "evaluate")} == RELEASED_REPOS.keys()
 
@@ -546,14 +557,18 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
         assert words in message, message
 
 
-def test_a_configfile_merged_into_the_tiny_one_stops_saying_how_to_replace_it():
-    """Without --replace-workflow-config the paper's models would join the tiny ones; the schema's error named
-    keys of the merge, not the missing flag."""
-    result = snakemake("--dry-run", "--configfile", "config/config.yaml")
+def test_a_whole_config_merged_into_the_paper_one_stops_saying_how_to_replace_it(tmp_path):
+    """Without --replace-workflow-config the tiny config merged into the paper's would keep the paper's models,
+    recipes and judges beside its own; a file that only overrides some of the paper's keys merges."""
+    result = snakemake("--dry-run", "--configfile", "config/tiny.yaml")
     message = result.stdout + result.stderr
-    assert (
-        result.returncode != 0 and "pass --replace-workflow-config with it, or use --profile slurm" in message
-    )
+    assert result.returncode != 0 and "rule " not in message, message
+    assert "is the whole config of run 'tiny', merged into the embedded paper config" in message, message
+    assert "add --replace-workflow-config" in message, message
+    override = tmp_path / "cpus.yaml"
+    override.write_text("eval:\n  cpus: 16\n")
+    evaluations = [job for job in dry_run("--configfile", str(override)) if job["rule"] == "evaluate"]
+    assert evaluations and {job["output"][0].split("/")[1] for job in evaluations} == {"paper"}
 
 
 def test_a_config_that_trains_needs_its_data_and_ranks(tmp_path):

@@ -18,6 +18,10 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft": 200, "sft": 600}}
 
 
+# `make demo`'s command: this machine, the tiny config in place of the workflow's default (the paper's).
+LOCAL_TINY = ("--profile", "profiles/local", "--configfile", "config/tiny.yaml", "--replace-workflow-config")
+
+
 def tiny_repository(root: Path) -> Path:
     """A copy of what a run needs (workflow, config, profiles, envs) with the tiny config on SMALL_WORLD."""
     for folder in ("workflow", "config", "profiles", "envs"):

@@ -27,18 +27,23 @@ from cumo.train.stages import (
     ZERO_CONFIGS,
 )
 
-# Without --replace-workflow-config Snakemake merges a --configfile into the embedded tiny config: the paper's
-# config then fails the schema on keys the user never wrote, so its error says what was merged. A file that
-# only overrides some of tiny's keys merges as Snakemake users expect. Jobs that Snakemake spawns (Slurm) get
-# --configfiles alone, so only the main process says it.
-MERGED = (
-    " --configfile without --replace-workflow-config merged the file into the embedded tiny config "
-    "(config/tiny.yaml): pass --replace-workflow-config with it, or use --profile slurm (the paper's config)."
-    if workflow.is_main_process
+# Without --replace-workflow-config Snakemake merges a --configfile into the embedded paper config: a file
+# that overrides some of its keys (no `run`, or the paper's) merges as Snakemake users expect, but a whole
+# config of another run would keep the paper's models, recipes and judges beside its own, a mixture that can
+# pass the schema. Such a merge stops here, saying how to replace instead. Jobs that Snakemake spawns (Slurm)
+# get --configfiles alone, so only the main process checks.
+if (
+    workflow.is_main_process
     and workflow.config_settings.configfiles
     and not workflow.config_settings.replace_workflow_config
-    else ""
-)
+    and config.get("run") != yaml.safe_load(Path(DEFAULT_CONFIG).read_text())["run"]
+):
+    raise WorkflowError(
+        f"--configfile {' '.join(map(str, workflow.config_settings.configfiles))} is the whole config of run "
+        f"{config.get('run')!r}, merged into the embedded paper config ({DEFAULT_CONFIG}), whose models and "
+        "settings it would keep: add --replace-workflow-config (e.g. snakemake --profile profiles/local "
+        "--configfile config/tiny.yaml --replace-workflow-config, what `make demo` runs)."
+    )
 
 # The benchmarks a judge model scores, with the paper's judge (cumo/eval/benchmarks/<name>.py judge_model): a
 # config judge without `model` uses these. Without a judge in the config they are not targets, and the table
@@ -66,7 +71,7 @@ SCHEMA["$defs"]["every_stage"]["required"] = list(STAGES)
 try:
     jsonschema.Draft202012Validator(SCHEMA).validate(config)
 except jsonschema.ValidationError as error:
-    raise WorkflowError(f"Error validating config file.{MERGED}", error) from None
+    raise WorkflowError("Error validating config file.", error) from None
 
 # The memory plan of every training and evaluation job on the config's cluster (cumo/plan.py, `cumo plan`),
 # before anything is submitted: a job that cannot fit stops the run here, a dry run too, naming the job and
