@@ -23,8 +23,7 @@ $(STAMP): pyproject.toml
 # shapes world, three training stages, the 13 benchmarks (the judged three by the rule judge), the table and the
 # plots under results/tiny/.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local \
-		--configfile config/tiny.yaml --replace-workflow-config
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local --configfile config/tiny.yaml
 
 # A quick look (about 15 s): build, co-upcycle and check the tiny model, answer a few questions.
 quick-demo: $(STAMP)
@@ -53,8 +52,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check cumo tests profiles
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
-	$(BIN)/snakemake --lint --configfile config/tiny.yaml --replace-workflow-config
-	$(BIN)/snakemake --lint --configfile config/released.yaml --replace-workflow-config
+	$(BIN)/snakemake --lint --configfile config/tiny.yaml
+	$(BIN)/snakemake --lint --configfile config/released.yaml
 
 bench: $(STAMP)
 	$(BIN)/python -m cumo.bench moe

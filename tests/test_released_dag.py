@@ -83,7 +83,6 @@ def test_a_released_checkpoint_is_downloaded_converted_evaluated_and_reported(tm
         }
         run = snakemake(
             repository, environment, "--profile", "profiles/local", "--configfile", "config/released.yaml",
-            "--replace-workflow-config",
         )  # fmt: skip
         started.append(run)
         log, _ = run.communicate(timeout=600)

@@ -154,7 +154,7 @@ def test_cli_retries_resubmit_rule_retries_do_not(slurm_cluster, tmp_path):  # n
 
 # profiles/slurm's settings this one-node cluster cannot use, overridden on the command line as a user would.
 ON_THIS_CLUSTER = [
-    *("--configfile", "config/tiny.yaml", "--replace-workflow-config"),  # the tiny run, not the paper's
+    *("--configfile", "config/tiny.yaml"),  # the tiny run, not the paper's
     # No conda (no network in the tests): the rules run in this venv. No rule names an env module, so env
     # modules deploy nothing; the option takes no "none".
     *("--software-deployment-method", "env-modules"),

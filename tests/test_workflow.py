@@ -29,9 +29,9 @@ from cumo.train.stages import CLIP_SOURCE, LLM_SOURCES, ZERO_CONFIGS, StageConfi
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-PAPER = ["--configfile", "config/config.yaml", "--replace-workflow-config"]  # the default, named
-TINY = ["--configfile", "config/tiny.yaml", "--replace-workflow-config"]  # what `make demo` passes
-RELEASED = ["--configfile", "config/released.yaml", "--replace-workflow-config"]
+PAPER = ["--configfile", "config/config.yaml"]  # the default, named
+TINY = ["--configfile", "config/tiny.yaml"]  # what `make demo` passes
+RELEASED = ["--configfile", "config/released.yaml"]
 RULE_FILES = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
 JUDGED = {"mmvet", "llava_wild", "mathvista"}
 TRAINING_STAGES = ("pretrain", "pft", "sft")
@@ -192,7 +192,7 @@ def with_judge(tmp_path, judge) -> list[str]:
     """The tiny config with `judge` in place of its own, as --configfile arguments."""
     path = tmp_path / "tiny_judge.yaml"
     path.write_text(yaml.safe_dump(load("config/tiny.yaml") | {"judge": judge}))
-    return ["--configfile", str(path), "--replace-workflow-config"]
+    return ["--configfile", str(path)]
 
 
 def test_without_a_judge_the_judged_benchmarks_are_left_out(tmp_path):
@@ -288,7 +288,7 @@ def with_config(tmp_path, path="config/config.yaml", **sections) -> list[str]:
     """`path`'s config with `sections` replaced, as --configfile arguments."""
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(load(path) | sections))
-    return ["--configfile", str(changed), "--replace-workflow-config"]
+    return ["--configfile", str(changed)]
 
 
 def test_a_paper_run_on_40_gb_gpus_stops_before_any_job_naming_the_job_and_what_to_change(tmp_path):
@@ -454,7 +454,7 @@ def test_a_released_directory_is_converted_and_evaluated_planned_from_its_config
     path = tmp_path / "released.yaml"
     path.write_text(yaml.safe_dump(config))
     target = "results/paper/eval/cumo-mistral-7b-released/gqa/metrics.json"
-    args = ("--configfile", str(path), "--replace-workflow-config", target)
+    args = ("--configfile", str(path), target)
     jobs = dry_run(*args)
     assert outputs(jobs, "convert_released") == {"results/paper/models/cumo-mistral-7b-released/released"}
     assert {job["rule"] for job in jobs} == {"convert_released", "download", "evaluate"}
@@ -549,7 +549,7 @@ def test_a_released_model_without_its_preset_or_source_stops_naming_the_fix(tmp_
 def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change, named):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(load("config/tiny.yaml") | change))
-    result = snakemake("--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    result = snakemake("--dry-run", "--configfile", str(path))
     assert result.returncode != 0
     message = result.stdout + result.stderr
     assert "Error validating config file" in message, message
@@ -557,18 +557,22 @@ def test_a_bad_config_stops_naming_the_key_and_what_is_allowed(tmp_path, change,
         assert words in message, message
 
 
-def test_a_whole_config_merged_into_the_paper_one_stops_saying_how_to_replace_it(tmp_path):
-    """Without --replace-workflow-config the tiny config merged into the paper's would keep the paper's models,
-    recipes and judges beside its own; a file that only overrides some of the paper's keys merges."""
-    result = snakemake("--dry-run", "--configfile", "config/tiny.yaml")
-    message = result.stdout + result.stderr
-    assert result.returncode != 0 and "rule " not in message, message
-    assert "is the whole config of run 'tiny', merged into the embedded paper config" in message, message
-    assert "add --replace-workflow-config" in message, message
+def test_a_configfile_naming_its_run_replaces_the_default_one_without_overrides_its_keys(tmp_path):
+    """The tiny config replaces the paper's, keeping none of its models, recipes or judges, with `--configfiles`
+    alone: the arguments a job that Snakemake spawns on a cluster gets (never --replace-workflow-config, which
+    used to be needed and left every Slurm job of another config merging it into the default)."""
+    jobs = dry_run("--configfiles", "config/tiny.yaml")
+    assert {job["output"][0].split("/")[1] for job in jobs if job["rule"] in ("train", "evaluate")} == {
+        "tiny"
+    }
+    assert all("gpt-" not in job["shell"] for job in jobs)  # the tiny run's rule judge, not the paper's GPTs
     override = tmp_path / "cpus.yaml"
-    override.write_text("eval:\n  cpus: 16\n")
+    override.write_text("eval:\n  cpus: 16\n")  # no `run`: merged into the paper's `eval`
     evaluations = [job for job in dry_run("--configfile", str(override)) if job["rule"] == "evaluate"]
-    assert evaluations and {job["output"][0].split("/")[1] for job in evaluations} == {"paper"}
+    assert len(evaluations) == 2 * len(NAMES)
+    assert all(job["output"][0].startswith("results/paper/") for job in evaluations)
+    assert all(re.search(r"\bcpus_per_task=16\b", job["resources"]) for job in evaluations)
+    assert all("--device cuda --dtype bfloat16" in job["shell"] for job in evaluations), evaluations[0]
 
 
 def test_a_config_that_trains_needs_its_data_and_ranks(tmp_path):
@@ -577,7 +581,7 @@ def test_a_config_that_trains_needs_its_data_and_ranks(tmp_path):
     path.write_text(
         yaml.safe_dump({key: value for key, value in load("config/tiny.yaml").items() if key != "train"})
     )
-    result = snakemake("--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    result = snakemake("--dry-run", "--configfile", str(path))
     message = result.stdout + result.stderr
     assert result.returncode != 0 and "'train' is a required property" in message, message
 
@@ -588,7 +592,7 @@ def test_a_mixture_json_no_source_declares_stops_the_dry_run_before_any_download
     config["mixtures"]["pft"]["jsons"] = ["jsons/cumo_pft_alava.json"]
     path = tmp_path / "paper.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake("--dry-run", "--configfile", str(path), "--replace-workflow-config")
+    result = snakemake("--dry-run", "--configfile", str(path))
     message = result.stdout + result.stderr
     assert result.returncode != 0 and "rule download" not in message
     assert "config mixtures.pft.jsons: 'jsons/cumo_pft_alava.json' is no file that its sources" in message

@@ -19,7 +19,7 @@ SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft":
 
 
 # `make demo`'s command: this machine, the tiny config in place of the workflow's default (the paper's).
-LOCAL_TINY = ("--profile", "profiles/local", "--configfile", "config/tiny.yaml", "--replace-workflow-config")
+LOCAL_TINY = ("--profile", "profiles/local", "--configfile", "config/tiny.yaml")
 
 
 def tiny_repository(root: Path) -> Path:

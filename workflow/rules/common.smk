@@ -27,24 +27,6 @@ from cumo.train.stages import (
     ZERO_CONFIGS,
 )
 
-# Without --replace-workflow-config Snakemake merges a --configfile into the embedded paper config: a file
-# that overrides some of its keys (no `run`, or the paper's) merges as Snakemake users expect, but a whole
-# config of another run would keep the paper's models, recipes and judges beside its own, a mixture that can
-# pass the schema. Such a merge stops here, saying how to replace instead. Jobs that Snakemake spawns (Slurm)
-# get --configfiles alone, so only the main process checks.
-if (
-    workflow.is_main_process
-    and workflow.config_settings.configfiles
-    and not workflow.config_settings.replace_workflow_config
-    and config.get("run") != yaml.safe_load(Path(DEFAULT_CONFIG).read_text())["run"]
-):
-    raise WorkflowError(
-        f"--configfile {' '.join(map(str, workflow.config_settings.configfiles))} is the whole config of run "
-        f"{config.get('run')!r}, merged into the embedded paper config ({DEFAULT_CONFIG}), whose models and "
-        "settings it would keep: add --replace-workflow-config (e.g. snakemake --profile profiles/local "
-        "--configfile config/tiny.yaml --replace-workflow-config, what `make demo` runs)."
-    )
-
 # The benchmarks a judge model scores, with the paper's judge (cumo/eval/benchmarks/<name>.py judge_model): a
 # config judge without `model` uses these. Without a judge in the config they are not targets, and the table
 # leaves them empty.
