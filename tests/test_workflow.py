@@ -268,7 +268,7 @@ def test_a_blank_images_model_is_its_model_evaluated_with_blank_images():
 
 def test_one_benchmark_schedules_only_its_ancestors():
     target = "results/paper/eval/cumo-mistral-7b/textvqa/metrics.json"
-    jobs = dry_run(*PAPER, target)
+    jobs = dry_run(target, *PAPER)  # a target before --configfile, which takes every file after it
     config, sources = load("config/config.yaml"), load("cumo/data/sources.yaml")
     wanted = [name for mixture in config["mixtures"].values() for name in mixture["sources"]]
     wanted += ["eval_textvqa", "clip_vit_large_patch14_336", "mistral_7b_instruct_v0_2"]  # not Mixtral's
@@ -339,7 +339,7 @@ def test_train_and_evaluate_ask_slurm_for_the_planned_memory_and_gpus():
 
 def test_training_commands_follow_the_config():
     """sft spans two nodes as an mpi job (its srun starts the ranks); one-node stages run torchrun."""
-    result = planned(*PAPER, "results/paper/models/cumo-mixtral-8x7b/sft")
+    result = planned("results/paper/models/cumo-mixtral-8x7b/sft", *PAPER)
     text = result.stdout
     assert result.returncode == 0, text + result.stderr
     sft = re.search(r"wildcards: model=cumo-mixtral-8x7b, stage=sft\n    resources: (.*)", text)[1]
@@ -361,7 +361,7 @@ def test_training_commands_follow_the_config():
 def test_paper_pretrain_starts_from_downloaded_base_models(model):
     """The training job reads CLIP and the LLM from the data tree, where the download rule (on the submitting
     host) put the Hub repos that cumo/train/stages.py names; pft and sft start from the stage before."""
-    result = planned(*PAPER, f"results/paper/models/{model}/pft")
+    result = planned(f"results/paper/models/{model}/pft", *PAPER)
     assert result.returncode == 0, result.stdout + result.stderr
     sources = load("cumo/data/sources.yaml")
     (pretrain,) = re.findall(r"Shell command: exec cumo launch .* --stage pretrain .*", result.stdout)
@@ -454,7 +454,7 @@ def test_a_released_directory_is_converted_and_evaluated_planned_from_its_config
     path = tmp_path / "released.yaml"
     path.write_text(yaml.safe_dump(config))
     target = "results/paper/eval/cumo-mistral-7b-released/gqa/metrics.json"
-    args = ("--configfile", str(path), target)
+    args = (target, "--configfile", str(path))
     jobs = dry_run(*args)
     assert outputs(jobs, "convert_released") == {"results/paper/models/cumo-mistral-7b-released/released"}
     assert {job["rule"] for job in jobs} == {"convert_released", "download", "evaluate"}

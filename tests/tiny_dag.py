@@ -18,8 +18,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 SMALL_WORLD = {"seed": 0, "per_benchmark": 12, "sizes": {"pretrain": 400, "pft": 200, "sft": 600}}
 
 
-# `make demo`'s command: this machine, the tiny config in place of the workflow's default (the paper's).
-LOCAL_TINY = ("--profile", "profiles/local", "--configfile", "config/tiny.yaml")
+# `make demo`'s command: this machine, the tiny config in place of the workflow's default (the paper's). Targets
+# go after it: --configfile takes every file that follows it.
+LOCAL_TINY = ("--configfile", "config/tiny.yaml", "--profile", "profiles/local")
 
 
 def tiny_repository(root: Path) -> Path:
