@@ -21,7 +21,7 @@ from cumo.train.trainer import METRICS_FILE as METRICS
 from tests.slurm_nodes import NODES, slurm_nodes  # noqa: F401 (the session fixture)
 from tests.test_slurm import ON_THIS_CLUSTER, running_jobs, scale_to_the_node, submissions
 from tests.test_slurm_profile import make_slurm_profile, user_env
-from tests.tiny_dag import snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
+from tests.tiny_dag import LOCAL_TINY, snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
 
 CUMO = str(Path(sys.executable).with_name("cumo"))
 PRETRAIN = "results/tiny/models/tiny/pretrain"
@@ -97,6 +97,12 @@ def test_a_two_node_stage_through_the_slurm_executor_survives_faults_and_equals_
        and the loss curve of the same 4 ranks under torchrun on one machine, uninterrupted, bit for bit."""
     repository = two_node_repository(tmp_path / "run")
     scale_to_the_node(repository)
+    # The data on this machine: the data rules' Slurm path is tests/test_slurm.py's, and each Slurm job costs
+    # the executor's status checks (1, 11, 21, ... s apart) on top of its run.
+    data, world = repository / "results/tiny/data/pretrain.arrow", repository / "results/tiny/world"
+    prepared = snakemake(repository, dict(os.environ), *LOCAL_TINY, str(data.relative_to(repository)))
+    started.append(prepared)
+    assert prepared.wait(timeout=300) == 0, prepared.communicate()[0]
     home = tmp_path / "home"  # `make slurm-profile` of a user with this home, as tests/test_slurm.py does
     assert make_slurm_profile(home).returncode == 0
     user = user_env(slurm_nodes.env, home)
@@ -104,17 +110,6 @@ def test_a_two_node_stage_through_the_slurm_executor_survives_faults_and_equals_
         repository, user, "--profile", "slurm", *ON_THIS_CLUSTER, PRETRAIN, enter=slurm_nodes.enter
     )
     started.append(run)
-    data, world = repository / "results/tiny/data/pretrain.arrow", repository / "results/tiny/world"
-    wait_until("the pretrain mixture", lambda: (data.parent / "pretrain.stats.json").is_file(), run)
-    one = tmp_path / "one"
-    overrides = [arg for field, value in RECIPE.items() for arg in ("--set", f"{field}={value}")]
-    local = subprocess.Popen(
-        [CUMO, "launch", "--processes", "4", "--device", "cpu", "--", "train", "--stage", "pretrain",
-         "--preset", "tiny", "--data", str(data), "--data-root", str(world), "--out", str(one / "model"),
-         "--checkpoints", str(one / "checkpoints"), "--workers", "0", *overrides],
-        env=slurm_nodes.env, stdout=open(tmp_path / "one.log", "w"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    started.append(local)
     checkpoints = repository / "checkpoints/tiny/tiny/pretrain"
     metrics = checkpoints / METRICS
     train_log = repository / "results/tiny/logs/train/tiny/pretrain.log"
@@ -152,6 +147,17 @@ def test_a_two_node_stage_through_the_slurm_executor_survives_faults_and_equals_
     assert {path.name for path in saved.glob("rng-rank*.pt")} == {f"rng-rank{rank}.pt" for rank in range(4)}
     assert first_step(preempted) == 0
 
+    # The same 4 ranks on one machine, uninterrupted, while Snakemake sees the first job end and resubmits.
+    one = tmp_path / "one"
+    overrides = [arg for field, value in RECIPE.items() for arg in ("--set", f"{field}={value}")]
+    local = subprocess.Popen(
+        [CUMO, "launch", "--processes", "4", "--device", "cpu", "--", "train", "--stage", "pretrain",
+         "--preset", "tiny", "--data", str(data), "--data-root", str(world), "--out", str(one / "model"),
+         "--checkpoints", str(one / "checkpoints"), "--workers", "0", *overrides],
+        env=slurm_nodes.env, stdout=open(tmp_path / "one.log", "w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    started.append(local)
+
     # 2. The resubmission resumes from the saved step; once it trained one more, node 2's ranks die.
     (second,) = wait_until(
         "the resubmitted pretrain", lambda: set(running_jobs(slurm_nodes, "train")) - {first}, run
@@ -170,6 +176,7 @@ def test_a_two_node_stage_through_the_slurm_executor_survives_faults_and_equals_
     assert run.returncode == 0, f"{log}\n{train_log.read_text()[-5000:]}"
     assert local.wait(timeout=600) == 0, (tmp_path / "one.log").read_text()[-5000:]
     assert submissions(log, "train")[:2] == [first, second] and len(submissions(log, "train")) == 3, log
+    assert "rule mixture" not in log and "rule synthetic" not in log, log  # the data made above was kept
     failed = dict(re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: '(\w+)'", log))
     assert failed == {str(first): "FAILED", str(second): "FAILED"}, failed
     assert first_step(train_log.read_text()) == saved_step, train_log.read_text()
