@@ -1,7 +1,7 @@
 """The multi-node path for real (issue 18), on a two-node Slurm cluster (tests/slurm_nodes.py): the tiny run's
 pretrain on 2 nodes x 2 CPU ranks, through Snakemake's Slurm executor as the paper's sft is (an `mpi` job whose
-`cumo launch --nodes 2` runs srun), trains, checkpoints and exports the weights of the same 4 ranks under
-torchrun on one machine."""
+`cumo launch --nodes 2` runs srun), survives a SIGTERM to its steps and the loss of one node's ranks, and exports
+the weights of the same 4 ranks under torchrun on one machine, uninterrupted."""
 
 import json
 import os
