@@ -25,7 +25,8 @@ from tests.tiny_dag import LOCAL_TINY, snakemake, started, tiny_repository, wait
 
 CUMO = str(Path(sys.executable).with_name("cumo"))
 PRETRAIN = "results/tiny/models/tiny/pretrain"
-# 64 samples, one epoch, global batch 16 = 4 ranks x micro-batch 4 (the tiny recipe's 8 fits 2 ranks only).
+# 128 samples, one epoch, global batch 16 = 4 ranks x micro-batch 4 (the tiny recipe's 8 fits 2 ranks only):
+# 8 steps, room for a save mid-stage and for steps after each resume.
 SIZES, RECIPE, STEPS = {"pretrain": 128, "pft": 32, "sft": 32}, {"micro_batch_size": 4, "epochs": 1}, 8
 
 
@@ -40,7 +41,7 @@ def test_tasks_run_on_both_nodes_each_under_its_own_name_and_address(slurm_nodes
 
 
 def two_node_repository(root: Path) -> Path:
-    """The tiny run with pretrain on 2 nodes (train.nodes) on a 64-sample world."""
+    """The tiny run with pretrain on 2 nodes (train.nodes) on a 128-sample world."""
     repository = tiny_repository(root)
     path = repository / "config" / "tiny.yaml"
     config = yaml.safe_load(path.read_text())
