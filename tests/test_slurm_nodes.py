@@ -1,7 +1,7 @@
 """The multi-node path for real (issue 18), on a two-node Slurm cluster (tests/slurm_nodes.py): the tiny run's
-pretrain on 2 nodes x 2 CPU ranks, through Snakemake's Slurm executor as the paper's sft is (an `mpi` job whose
-`cumo launch --nodes 2` runs srun), survives a SIGTERM to its steps and the loss of one node's ranks, and exports
-the weights of the same 4 ranks under torchrun on one machine, uninterrupted."""
+pretrain on 2 nodes x 2 CPU ranks, through Snakemake's Slurm executor as the paper's sft is (an `mpi` job
+whose `cumo launch --nodes 2` runs srun), survives a SIGTERM to its steps and the loss of one node's ranks,
+and exports the weights of the same 4 ranks under torchrun on one machine, uninterrupted."""
 
 import json
 import os
@@ -21,7 +21,13 @@ from cumo.train.trainer import METRICS_FILE as METRICS
 from tests.slurm_nodes import NODES, slurm_nodes  # noqa: F401 (the session fixture)
 from tests.test_slurm import ON_THIS_CLUSTER, running_jobs, scale_to_the_node, submissions
 from tests.test_slurm_profile import make_slurm_profile, user_env
-from tests.tiny_dag import LOCAL_TINY, snakemake, started, tiny_repository, wait_until  # noqa: F401 (started: a fixture)
+from tests.tiny_dag import (  # noqa: F401 (started: a fixture)
+    LOCAL_TINY,
+    snakemake,
+    started,
+    tiny_repository,
+    wait_until,
+)
 
 CUMO = str(Path(sys.executable).with_name("cumo"))
 PRETRAIN = "results/tiny/models/tiny/pretrain"
@@ -157,7 +163,8 @@ def test_a_two_node_stage_through_the_slurm_executor_survives_faults_and_equals_
     assert "rule mixture" not in log and "rule synthetic" not in log, log  # the data made above was kept
     failed = dict(re.findall(r"SLURM-job '(\d+)' failed, SLURM status is: '(\w+)'", log))
     assert failed == {str(first): "FAILED", str(second): "FAILED"}, failed
-    # Each failed job's rule log, as Snakemake printed it when the job failed (profiles/slurm: show-failed-logs).
+    # Each failed job's rule log, as Snakemake printed it when the job failed (profiles/slurm:
+    # show-failed-logs).
     preempted, lost = (
         log.split(f"SLURM-job '{job}' failed")[1].split("Error in rule")[0] for job in (first, second)
     )
