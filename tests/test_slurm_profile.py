@@ -18,8 +18,16 @@ SOURCE = REPOSITORY / "profiles" / "slurm" / "config.yaml"
 
 def user_env(env: dict, home: Path) -> dict:
     """`env` for a user whose home is `home`: Snakemake looks profile names up in $XDG_CONFIG_HOME/snakemake
-    before ~/.config/snakemake, so that variable is dropped."""
-    return {key: value for key, value in env.items() if key != "XDG_CONFIG_HOME"} | {"HOME": str(home)}
+    before ~/.config/snakemake, so that variable is dropped. The DeepSpeed ops that ranks compile at their
+    first use stay in this process's cache (torch's, ~/.cache/torch_extensions): in a fresh home the first
+    training job of every test rebuilt the CPU accelerator's shared-memory op, 40 s on this 2-core machine."""
+    from torch.utils.cpp_extension import get_default_build_root  # deferred: importing torch takes seconds
+
+    extensions = env.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    return {key: value for key, value in env.items() if key != "XDG_CONFIG_HOME"} | {
+        "HOME": str(home),
+        "TORCH_EXTENSIONS_DIR": extensions,
+    }
 
 
 def make_slurm_profile(home: Path, **variables: str) -> subprocess.CompletedProcess:
